@@ -1,0 +1,36 @@
+"""Model registry: config name -> Flax Linen module class.
+
+Every registered module is constructed as `cls(num_classes=..., dtype=..., **config.model.kwargs)`
+and called as `module.apply(variables, images, train=bool)` on float NHWC images that the
+train step has already normalised. Entries are import paths so that importing the registry
+does not import every model.
+"""
+import dataclasses
+import importlib
+
+_REGISTRY = {
+    "customvit": ("cellvit_jax.models.customvit", "CustomViT"),
+}
+
+
+def names():
+  return sorted(_REGISTRY)
+
+
+def get_class(name: str):
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(names())}")
+  module, attr = _REGISTRY[name]
+  return getattr(importlib.import_module(module), attr)
+
+
+def build(name: str, num_classes: int, dtype=None, **kwargs):
+  """Instantiates a registered model; unknown kwargs are named in the error, with the valid ones."""
+  cls = get_class(name)
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {sorted(fields)}")
+  if dtype is not None and "dtype" in fields:
+    kwargs["dtype"] = dtype
+  return cls(num_classes=num_classes, **kwargs)

@@ -1,0 +1,101 @@
+"""CustomViT: a small Vision Transformer designed for 40x40 single-cell patches.
+
+The paper (Kagiyama et al. 2026) names CustomViT but its design is not public; this is
+our reconstruction. Every design choice is a field, so each is an ablation switch in
+`configs/customvit.py`:
+
+- tokenizer: 'patch' (non-overlapping p x p patches, p=4 -> 10x10 tokens) or 'conv'
+  (a 3x3 conv then an overlapping (p+1)x(p+1) conv of stride p, same token grid);
+- spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
+  half-patch shifts are stacked on channels before patchifying, widening each token's
+  receptive field;
+- lsa: Locality Self-Attention (Lee et al. 2021): learnable softmax temperature and a
+  masked diagonal;
+- pos_emb: 'learned' or 'sincos' (fixed 2-D);
+- pool: 'cls' (class token) or 'gap' (mean over tokens);
+- drop_path: maximum stochastic-depth rate, linearly increasing over blocks.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cellvit_jax.models import layers
+
+
+def shifted_patch_stack(x, shift: int):
+  """Lee et al.'s SPT input: x and its 4 diagonal shifts by `shift` px, zero-filled, on channels."""
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+  views = [x]
+  for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+    y0, x0 = shift + dy * shift, shift + dx * shift
+    views.append(padded[:, y0:y0 + h, x0:x0 + w])
+  return jnp.concatenate(views, axis=-1)
+
+
+class CustomViT(nn.Module):
+  num_classes: int
+  patch_size: int = 4
+  dim: int = 192
+  depth: int = 6
+  num_heads: int = 3
+  mlp_ratio: float = 2.0
+  tokenizer: str = "patch"
+  spt: bool = False
+  lsa: bool = False
+  pos_emb: str = "learned"
+  pool: str = "cls"
+  drop_path: float = 0.1
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.astype(self.dtype)
+    b, h, w, _ = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; pick a divisor of {h}")
+    if self.spt:
+      x = shifted_patch_stack(x, max(p // 2, 1))
+    if self.tokenizer == "patch":
+      if self.spt:  # SPT: LayerNorm over the flattened stacked patch, then a linear projection.
+        x = x.reshape(b, h // p, p, w // p, p, x.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, h // p, w // p, -1)
+        x = nn.LayerNorm(dtype=self.dtype, name="spt_norm")(x)
+        x = nn.Dense(self.dim, dtype=self.dtype, name="embed")(x)
+      else:
+        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embed")(x)
+    elif self.tokenizer == "conv":
+      x = nn.Conv(self.dim // 2, (3, 3), padding="SAME", dtype=self.dtype, name="stem")(x)
+      x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="stem_norm")(x))
+      x = nn.Conv(self.dim, (p + 1, p + 1), strides=(p, p), padding=((p // 2, p // 2),) * 2,
+                  dtype=self.dtype, name="embed")(x)
+    else:
+      raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'patch' or 'conv'")
+    gh, gw = x.shape[1:3]
+    x = x.reshape(b, gh * gw, self.dim)
+
+    if self.pos_emb == "learned":
+      pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, gh * gw, self.dim))
+    elif self.pos_emb == "sincos":
+      pos = layers.sincos_2d(gh, gw, self.dim)[None]
+    else:
+      raise ValueError(f"unknown pos_emb {self.pos_emb!r}; choose 'learned' or 'sincos'")
+    x = x + jnp.asarray(pos, self.dtype)
+
+    if self.pool == "cls":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
+      x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (b, 1, 1)), x], axis=1)
+    elif self.pool != "gap":
+      raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'gap'")
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+
+    for i, rate in enumerate(layers.drop_path_rates(self.drop_path, self.depth)):
+      x = layers.EncoderBlock(self.num_heads, self.mlp_ratio, rate, self.dropout, self.lsa,
+                              self.dtype, name=f"block{i}")(x, train)
+    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    return head(x).astype(jnp.float32)

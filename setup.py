@@ -1,0 +1,36 @@
+"""cellvit_jax: small task-specific models vs pathology foundation models on 40x40 cell patches."""
+import setuptools
+
+# Versions seen to work together on CPU, Python 3.11 (../shared/DESIGN.md).
+# transformers must stay below 5: 5.x has no Flax models.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "numpy==2.4.6",
+    "transformers==4.57.6",
+    "safetensors==0.8.0",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "pillow==13.0.0",
+    "scikit-image==0.26.0",
+    "scipy==1.17.1",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
+]
+
+setuptools.setup(
+    name="cellvit_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0"],
+    },
+)
