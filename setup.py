@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
+    # tensorflow-datasets needs it for builder classes defined inside a package.
+    "importlib_resources==7.1.0",
 ]
 
 setuptools.setup(

@@ -5,7 +5,7 @@ Every architecture switch below is an ablation knob, e.g.
 """
 import ml_collections
 
-from configs import default
+from cellvit_jax import default_config as default
 
 
 def get_config():

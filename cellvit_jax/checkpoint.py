@@ -1,0 +1,47 @@
+"""orbax CheckpointManager over (train state, data-iterator state, config).
+
+Saving the grain iterator state next to the model state means a resumed run sees exactly
+the batches it would have seen. orbax writes each step into a temporary folder and
+renames it when complete, so a checkpoint interrupted mid-write never becomes the latest.
+"""
+import os
+from typing import Optional
+
+import orbax.checkpoint as ocp
+import grain
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=("state", "data", "config"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, config_dict: dict, force: bool = False):
+    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_dict)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, abstract_state, data_iterator, step: Optional[int] = None):
+    """Restores the state (shaped and sharded like `abstract_state`) and, in place, the
+    iterator; returns the state."""
+    step = self.latest_step() if step is None else step
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"]
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

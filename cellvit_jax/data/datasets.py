@@ -1,0 +1,126 @@
+"""Finding, building on first use, and opening cell-patch datasets by name.
+
+A dataset lives at `<data_dir>/<name>/1.0.0/` (TFDS layout, ArrayRecord files) with our
+sidecar `cellvit_meta.json`. `data_dir` is `config.dataset.data_dir`, else $CELLVIT_DATA,
+else ~/tensorflow_datasets. The embedded `synthetic_cells` family is built on first use;
+every other dataset is built once with `python -m data_prep.build`.
+"""
+import dataclasses
+import json
+import os
+from typing import List
+
+import numpy as np
+
+from cellvit_jax.data import synthetic_cells
+from cellvit_jax.data import tfds_writer
+
+SYNTHETIC = "synthetic_cells"
+
+
+def resolve_data_dir(data_dir: str = "") -> str:
+  return os.path.abspath(os.path.expanduser(
+      data_dir or os.environ.get("CELLVIT_DATA") or "~/tensorflow_datasets"))
+
+
+@dataclasses.dataclass
+class CellDataset:
+  name: str
+  path: str
+  meta: dict
+
+  @property
+  def class_names(self) -> List[str]:
+    return self.meta["class_names"]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_size(self) -> int:
+    return int(self.meta["patch_size"])
+
+  @property
+  def splits(self) -> List[str]:
+    return list(self.meta["splits"])
+
+  def _split(self, split):
+    if split not in self.meta["splits"]:
+      raise ValueError(f"dataset {self.name!r} has no split {split!r}; it has {self.splits}")
+    return self.meta["splits"][split]
+
+  def labels(self, split) -> np.ndarray:
+    return np.asarray(self._split(split)["labels"], np.int64)
+
+  def specimens(self, split) -> np.ndarray:
+    return np.asarray(self._split(split)["specimens"])
+
+  def source(self, split):
+    """Random-access source of example dicts (ArrayRecord through tfds.data_source)."""
+    self._split(split)
+    import tensorflow_datasets as tfds  # heavy; only when data is read
+    builder = tfds.builder_from_directory(self.path)
+    return builder.as_data_source(split=split)
+
+
+def shared_specimens(dataset: CellDataset) -> dict:
+  """specimen -> splits, for every specimen found in more than one split (data leakage)."""
+  where = {}
+  for split in dataset.splits:
+    for s in set(dataset.specimens(split).tolist()):
+      where.setdefault(s, []).append(split)
+  return {s: sp for s, sp in where.items() if len(sp) > 1}
+
+
+def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
+  fields = {f.name for f in dataclasses.fields(synthetic_cells.SyntheticSpec)}
+  given = dict(config_dataset.get("synthetic", {}) or {})
+  unknown = set(given) - fields
+  if unknown:
+    raise ValueError(f"config.dataset.synthetic has unknown key(s) {sorted(unknown)}; valid: {sorted(fields)}")
+  return synthetic_cells.SyntheticSpec(**given)
+
+
+def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec, workers: int = 2):
+  synthetic_cells.check(spec)
+  splits = {split: synthetic_cells.examples(spec, split, workers) for split in ("train", "val", "test")}
+  return tfds_writer.write(
+      data_dir, name, synthetic_cells.CLASS_NAMES, splits, patch_size=synthetic_cells.SIZE,
+      description=synthetic_cells.__doc__, info={"source": "synthetic_cells",
+                                                 "spec": dataclasses.asdict(spec)})
+
+
+def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) -> CellDataset:
+  """Opens dataset `name`; builds it first if it is a synthetic_cells dataset not yet on disk."""
+  data_dir = resolve_data_dir(data_dir)
+  if not name:
+    raise ValueError("config.dataset.name is empty; use 'synthetic_cells' or a dataset built "
+                     "with python -m data_prep.build")
+  if os.path.isfile(os.path.join(data_dir, name)) or os.path.isfile(data_dir):
+    raise ValueError(f"dataset path {os.path.join(data_dir, name)!r} is a file, not a dataset folder")
+  path = tfds_writer.dataset_dir(data_dir, name)
+  is_synthetic = name.startswith(SYNTHETIC)
+  if not tfds_writer.exists(data_dir, name):
+    if is_synthetic:
+      spec = synthetic or synthetic_cells.SyntheticSpec()
+      log(f"Building {name} ({spec.num_specimens} specimens x {spec.cells_per_specimen} cells) "
+          f"in {data_dir}; this happens once.")
+      build_synthetic(data_dir, name, spec)
+    else:
+      available = sorted(d for d in os.listdir(data_dir)
+                         if tfds_writer.exists(data_dir, d)) if os.path.isdir(data_dir) else []
+      raise ValueError(
+          f"unknown dataset {name!r} in {data_dir}; available: {available or 'none'} "
+          f"(plus '{SYNTHETIC}', built on first use). Build one with "
+          f"python -m data_prep.build --source=folder --input=... --name={name}, or set "
+          "config.dataset.data_dir / $CELLVIT_DATA to where it lives.")
+  with open(os.path.join(path, tfds_writer.META_FILE)) as f:
+    meta = json.load(f)
+  if is_synthetic and synthetic is not None:
+    built = meta["info"].get("spec")
+    if built != dataclasses.asdict(synthetic):
+      raise ValueError(f"{name} in {data_dir} was built with {built}, not the requested "
+                       f"{dataclasses.asdict(synthetic)}; use another dataset name (e.g. "
+                       f"{SYNTHETIC}_small) or delete {os.path.join(data_dir, name)}")
+  return CellDataset(name=name, path=path, meta=meta)

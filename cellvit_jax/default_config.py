@@ -1,0 +1,68 @@
+"""Shared base config. configs/*.py import it (`from cellvit_jax import default_config as default`)
+and override a few fields.
+
+Hyper-parameters here are our choices (the paper's are not public), picked so that the
+default run finishes in minutes on a 2-core CPU; raise `train.epochs` and the FlagLimit
+for real studies on GPU/TPU.
+"""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.mode = "train"
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "synthetic_cells"
+  config.dataset.data_dir = ""          # "" -> $CELLVIT_DATA, else ~/tensorflow_datasets
+  config.dataset.flaglimit = 512        # at most this many training samples per class
+  config.dataset.cache = False          # hold the selected uint8 training subset in memory
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "val"
+  config.dataset.test_split = "test"
+  config.dataset.allow_shared_specimens = False
+  config.dataset.workers = 0            # grain worker processes (0: in the main process)
+  # Recipe of the embedded synthetic_cells family (used only for names synthetic_cells*):
+  # 100 specimens x 800 cells, 8 val and 8 test specimens -> 16,800 train patches per class.
+  config.dataset.synthetic = ml_collections.ConfigDict(dict(
+      num_specimens=100, cells_per_specimen=800, seed=0, val_specimens=8, test_specimens=8))
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "customvit"
+  config.model.kwargs = ml_collections.ConfigDict()
+  config.model.dtype = "float32"        # compute dtype; params stay float32
+
+  # Images arrive as uint8; the jitted step scales to [0, 1] and normalises with these.
+  config.normalize = ml_collections.ConfigDict()
+  config.normalize.mean = (0.5, 0.5, 0.5)
+  config.normalize.std = (0.5, 0.5, 0.5)
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True            # random horizontal and vertical flips
+  config.augment.rot90 = True           # random multiples of 90 degrees (cells have no up)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-3                # peak learning rate, for batch_size below
+  config.optim.weight_decay = 0.05
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.warmup_epochs = 1.0
+  config.optim.min_lr_ratio = 0.01      # cosine decays to lr * this
+  config.optim.grad_clip = 1.0          # global-norm clip; 0 disables
+  config.optim.label_smoothing = 0.1
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128         # global batch, split over all devices
+  config.train.eval_batch_size = 256
+  # Training length: exactly one of epochs / steps / examples is used, in that order of
+  # precedence among the ones that are > 0 (see train_length.py).
+  config.train.epochs = 12.0
+  config.train.steps = 0
+  config.train.examples = 0
+  config.train.log_every_steps = 20
+  config.train.eval_every_epochs = 1.0
+  config.train.checkpoint_every_epochs = 1.0
+  config.train.keep_checkpoints = 2
+  config.train.progress_bar = True      # tqdm, only when stderr is a terminal
+  return config

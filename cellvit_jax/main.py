@@ -1,0 +1,119 @@
+"""Entry point: python -m cellvit_jax.main --config=configs/customvit.py [--workdir=DIR]
+
+Any config field can be overridden: --config.dataset.flaglimit=1024. The mode
+(config.mode) picks what runs.
+"""
+import importlib.util
+import logging as logging_std
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", "", "Run directory; default runs/<model name>/.")
+FLAGS = flags.FLAGS
+
+
+def _train(config, workdir):
+  from cellvit_jax import train
+  results = train.train_and_evaluate(config, workdir)
+  print("\n" + train.summary_table(results))
+
+
+MODES = {"train": _train}
+
+
+def run(config, workdir: str = ""):
+  """Runs config.mode; returns nothing, raises ValueError-like errors on bad input."""
+  if config.mode not in MODES:
+    raise ValueError(f"unknown config.mode {config.mode!r}; valid modes: {', '.join(sorted(MODES))}")
+  workdir = workdir or os.path.join("runs", config.model.name)
+  MODES[config.mode](config, workdir)
+
+
+class _OwnLogsOnly(logging_std.Filter):
+  """Keeps our INFO lines and every library's warnings; orbax and tfds chat at INFO."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "cellvit_jax" in record.pathname
+
+
+def quiet_library_logs():
+  logging.get_absl_handler().addFilter(_OwnLogsOnly())
+  logging.set_verbosity(logging.INFO)
+
+
+def load_config_file(spec: str):
+  """configs/x.py[:arg] -> its get_config(arg); the same rule config_flags follows."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_cellvit_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _check_config_file(argv):
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].partition(":")[0]
+      if not os.path.isfile(path):
+        shipped = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+        raise ValueError(f"config file {path!r} not found; pass one of configs/*.py"
+                         + (f" ({', '.join(shipped)})" if shipped else ""))
+
+
+def _unknown_override(argv):
+  """The first --config.a.b=... override naming no field of the config file, explained."""
+  config_args = [a for a in argv if a.startswith("--config=")]
+  if not config_args:
+    return None
+  try:
+    config = load_config_file(config_args[-1].split("=", 1)[1])
+  except Exception:  # the config file itself is broken: the original error says more
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    node, walked = config, []
+    for part in arg[len("--config."):].split("=", 1)[0].split("."):
+      if not hasattr(node, "keys") or part not in node:
+        where = "config" + "".join(f".{w}" for w in walked)
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        return (f"unknown config key {arg.split('=', 1)[0]!r}: {where} has no field {part!r}"
+                + (f"; valid fields: {', '.join(valid)}" if valid else ""))
+      node = node[part]
+      walked.append(part)
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors (an unknown config key, a bad value) and exit 2."""
+  try:
+    _check_config_file(argv)
+    return FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    message = _unknown_override(argv) or " ".join(str(e).split())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.config is None:
+    raise app.UsageError("pass --config=configs/<name>.py (e.g. configs/customvit.py)")
+  from cellvit_jax import parallel
+  parallel.maybe_initialize_distributed()
+  quiet_library_logs()
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileExistsError, FileNotFoundError, PermissionError, FloatingPointError) as e:
+    # Bad input: one line naming the input and the fix, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

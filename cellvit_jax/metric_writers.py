@@ -1,0 +1,46 @@
+"""Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX, no TF)."""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+
+def _plain(v):
+  if isinstance(v, (np.generic, jax.Array)):
+    v = np.asarray(v).item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+class MetricWriter:
+  """Only process 0 writes; other processes of a multi-host run get a no-op writer."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, scalars: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({k: _plain(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      v = _plain(v)
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

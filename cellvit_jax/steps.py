@@ -1,0 +1,122 @@
+"""Pure step functions: preprocessing on device, the train step and the eval step.
+
+`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(state, batch) -> dict`
+are built by `make_steps` for one model and config and jit-compiled over the mesh: the
+batch is sharded on 'data', the state replicated, and XLA adds the all-reduces.
+"""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from cellvit_jax import parallel
+from cellvit_jax.ops import dihedral, normalize
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+def compute_dtype(name: str):
+  valid = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if name not in valid:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; choose one of {sorted(valid)}")
+  return valid[name]
+
+
+def preprocess(images, rng, config, train: bool):
+  """uint8 (B, H, W, 3) -> normalised float32, with train-time augmentation."""
+  x = normalize.to_float(images)
+  if train:
+    x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
+  return normalize.normalize(x, config.normalize.mean, config.normalize.std)
+
+
+def _variables(state, params=None):
+  v = {"params": state.params if params is None else params}
+  if state.batch_stats:
+    v["batch_stats"] = state.batch_stats
+  return v
+
+
+def _tree_norm(tree):
+  return optax.global_norm(tree)
+
+
+def make_steps(model, config, schedule, mesh):
+  """Returns jitted (train_step, eval_step) for `model`."""
+  num_classes = model.num_classes
+  smoothing = config.optim.label_smoothing
+
+  def train_step(state, batch, rng):
+    aug_rng, dropout_rng = jax.random.split(rng)
+    images = preprocess(batch["image"], aug_rng, config, train=True)
+    labels = batch["label"]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+
+    def loss_fn(params):
+      variables = _variables(state, params)
+      mutable = ["batch_stats"] if state.batch_stats else False
+      out = model.apply(variables, images, train=True, rngs={"dropout": dropout_rng},
+                        mutable=mutable)
+      logits, updates = out if mutable else (out, {})
+      loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+      return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    if updates:
+      new_state = new_state.replace(batch_stats=updates["batch_stats"])
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "grad_norm": _tree_norm(grads),
+        "param_norm": _tree_norm(new_state.params),
+        "update_norm": _tree_norm(jax.tree.map(lambda a, b: a - b, new_state.params, state.params)),
+        "lr": schedule(state.step),
+    }
+    return new_state, metrics
+
+  def eval_step(state, batch):
+    images = preprocess(batch["image"], None, config, train=False)
+    logits = model.apply(_variables(state), images, train=False).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    mask = batch["mask"]
+    return {"pred": jnp.argmax(logits, -1).astype(jnp.int32),
+            "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0))}
+
+  rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  train_step = jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                       donate_argnums=0)
+  eval_step = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
+  return train_step, eval_step
+
+
+def make_optimizer(config, total_steps: int, steps_per_epoch: int):
+  """AdamW with linear warm-up and cosine decay; weight decay on matrices/kernels only."""
+  from cellvit_jax import train_length
+  o = config.optim
+  warmup = min(train_length.every(o.warmup_epochs, steps_per_epoch) if o.warmup_epochs > 0 else 0,
+               max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=o.lr * o.min_lr_ratio)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if o.grad_clip and o.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  return tx, schedule
+
+
+def create_state(rng, model, tx, image_size: int, mesh) -> TrainState:
+  """Initialises parameters (replicated over the mesh) from `rng`."""
+  def init(rng):
+    p_rng, d_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = model.init({"params": p_rng, "dropout": d_rng}, dummy, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)

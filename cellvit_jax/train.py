@@ -1,0 +1,196 @@
+"""Training and evaluation of a task-specific model: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom: data -> FlagLimit subset -> model and optimiser -> resume from the
+latest checkpoint if any -> train loop with periodic validation and checkpoints -> test
+evaluation -> results.json and a printed summary.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from cellvit_jax import checkpoint, metric_writers, metrics, models, parallel, steps, train_length
+from cellvit_jax import workdir as workdir_lib
+from cellvit_jax.data import datasets, flaglimit, pipeline
+
+
+def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) -> dict:
+  """Metrics of `state` on a whole split (fixed-shape, padded and masked batches)."""
+  preds, loss_sum = [], 0.0
+  for batch in pipeline.eval_batches(images, labels, batch_size):
+    out = eval_step(state, parallel.shard_batch(batch, mesh))
+    pred = np.asarray(jax.device_get(out["pred"]))
+    preds.append(pred[:int(batch["mask"].sum())] if jax.process_count() == 1 else pred)
+    loss_sum += float(out["loss_sum"])
+  preds = np.concatenate(preds)[:len(labels)]
+  result = metrics.from_confusion(metrics.confusion(labels, preds, len(class_names)), class_names)
+  result["loss"] = loss_sum / max(len(labels), 1)
+  return result
+
+
+def _check_finite(step, scalars):
+  bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f"non-finite training metrics {bad} at step {step}; the latest checkpoint holds the "
+        "last good state. Resume with a lower learning rate, e.g. --config.optim.lr=3e-4, "
+        "or a stronger gradient clip (--config.optim.grad_clip).")
+
+
+def _progress(total, initial, config):
+  from tqdm import tqdm
+  enabled = config.train.progress_bar and sys.stderr.isatty() and jax.process_index() == 0
+  return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def check_config(config, mesh):
+  """Cheap checks of everything a run needs, before any file is written or data built."""
+  models.build(config.model.name, 2, dtype=steps.compute_dtype(config.model.dtype),
+               **config.model.kwargs)
+  flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
+  datasets.synthetic_spec(config.dataset)
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  mesh = parallel.make_mesh()
+  check_config(config, mesh)
+  workdir = workdir_lib.prepare(workdir, config)
+  is_main = jax.process_index() == 0
+
+  # Data: the dataset, its FlagLimit training subset, and the evaluation splits in memory.
+  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
+                                  synthetic=datasets.synthetic_spec(config.dataset),
+                                  log=logging.info)
+  leaks = datasets.shared_specimens(dataset)
+  if leaks and not config.dataset.allow_shared_specimens:
+    shown = dict(list(leaks.items())[:5])
+    raise ValueError(f"dataset {dataset.name!r} has {len(leaks)} specimen(s) in more than one "
+                     f"split, e.g. {shown}: patches of one specimen would leak between train and "
+                     "test. Rebuild it with a split by specimen, or set "
+                     "config.dataset.allow_shared_specimens=True to accept the leak.")
+  train_labels = dataset.labels(config.dataset.train_split)
+  subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
+  counts = flaglimit.counts(train_labels, subset, dataset.num_classes)
+  logging.info("FlagLimit %d (seed %d): %d training patches, per class %s", config.dataset.flaglimit,
+               config.seed, len(subset), dict(zip(dataset.class_names, counts.tolist())))
+  val_images, val_labels = pipeline.load_arrays(dataset.source(config.dataset.eval_split),
+                                                range(len(dataset.labels(config.dataset.eval_split))))
+
+  # Model, optimiser and state.
+  model = models.build(config.model.name, dataset.num_classes,
+                       dtype=steps.compute_dtype(config.model.dtype), **config.model.kwargs)
+  total, steps_per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
+  tx, schedule = steps.make_optimizer(config, total, steps_per_epoch)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh)
+  num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  train_step, eval_step = steps.make_steps(model, config, schedule, mesh)
+
+  train_iter = iter(pipeline.train_dataset(
+      dataset.source(config.dataset.train_split), subset, global_batch=config.train.batch_size,
+      seed=config.seed, cache=config.dataset.cache, workers=config.dataset.workers))
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state, train_iter)
+    logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
+  start = int(state.step)
+  logging.info("%s: %s parameters; %d steps (%d per epoch) at batch %d on %d device(s).",
+               config.model.name, f"{num_params:,}", total, steps_per_epoch,
+               config.train.batch_size, mesh.devices.size)
+
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  eval_every = train_length.every(config.train.eval_every_epochs, steps_per_epoch)
+  ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
+  log_every = max(1, config.train.log_every_steps)
+  pending, timed_steps, timed_seconds, t_mark = [], 0, 0.0, None
+  bar = _progress(total, start, config)
+  for step in range(start, total):
+    batch = parallel.shard_batch(next(train_iter), mesh)
+    state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
+    pending.append(m)
+    bar.update(1)
+    done = step + 1
+    if done % log_every == 0 or done % eval_every == 0 or done == total:
+      scalars = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
+      now = time.perf_counter()
+      if t_mark is not None:  # the first interval includes compilation: not timed
+        timed_steps += len(pending)
+        timed_seconds += now - t_mark
+      t_mark = now
+      pending = []
+      _check_finite(done, scalars)
+      if timed_seconds > 0:
+        scalars["images_per_sec"] = timed_steps * config.train.batch_size / timed_seconds
+      writer.write(done, "train", scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.3f}")
+      last_train = scalars
+    if done % eval_every == 0 or done == total:
+      val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
+                     dataset.class_names)
+      writer.write(done, "val", {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+      logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
+                   "F1 %.4f | %.0f images/s", done / steps_per_epoch, done, total,
+                   last_train["loss"], last_train["accuracy"], val["accuracy"],
+                   val["balanced_accuracy"], val["macro_f1"], last_train.get("images_per_sec", 0.0))
+      t_mark = time.perf_counter()  # evaluation time is not training time
+    if done % ckpt_every == 0 or done == total:
+      ckpt.save(done, state, train_iter, config.to_dict())
+  bar.close()
+  ckpt.wait()
+
+  # Test split, final state.
+  test_images, test_labels = pipeline.load_arrays(dataset.source(config.dataset.test_split),
+                                                  range(len(dataset.labels(config.dataset.test_split))))
+  test = evaluate(eval_step, state, test_images, test_labels, config.train.eval_batch_size, mesh,
+                  dataset.class_names)
+  val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
+                 dataset.class_names)
+  writer.write(total, "test", {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+  writer.close()
+  ckpt.close()
+  images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
+  results = {
+      "model": config.model.name,
+      "dataset": dataset.name,
+      "flaglimit": config.dataset.flaglimit,
+      "seed": config.seed,
+      "train_examples": int(len(subset)),
+      "train_counts": dict(zip(dataset.class_names, counts.tolist())),
+      "num_params": num_params,
+      "steps": total,
+      "train_images_per_sec": images_per_sec,
+      "devices": mesh.devices.size,
+      "platform": jax.devices()[0].platform,
+      "test": test,
+      "val": val,
+      "workdir": workdir,
+      "config": config.to_dict(),
+  }
+  if is_main:
+    workdir_lib.write_json(workdir, "results.json", results)
+  return results
+
+
+def summary_table(results: dict) -> str:
+  test = results["test"]
+  ips = results.get("train_images_per_sec")
+  rows = [
+      ("model", results["model"]),
+      ("dataset", f"{results['dataset']} (FlagLimit {results['flaglimit']}, "
+                  f"{results['train_examples']} training patches)"),
+      ("test accuracy", f"{test['accuracy']:.4f}"),
+      ("test balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
+      ("test macro-F1", f"{test['macro_f1']:.4f}"),
+      ("train images/s", f"{ips:.1f}" if ips else "n/a (no timed steps in this run)"),
+      ("results", os.path.join(results["workdir"], "results.json")),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

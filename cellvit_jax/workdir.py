@@ -1,0 +1,69 @@
+"""The run directory: creation, the config it belongs to, atomic JSON files.
+
+A workdir holds one run. Rerunning with the same config resumes it; a different config
+(other than the keys below, which do not change results) is refused rather than mixed
+into the same checkpoints and metrics.
+"""
+import json
+import os
+import tempfile
+
+import jax
+
+# Keys that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
+                     "dataset.data_dir", "dataset.cache"}
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_differences(old: dict, new: dict) -> list:
+  a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def write_json(workdir: str, name: str, obj) -> str:
+  """Writes workdir/name atomically (temp file + rename): a crash never leaves half a file."""
+  path = os.path.join(workdir, name)
+  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=workdir)
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+  return path
+
+
+def prepare(workdir: str, config) -> str:
+  """Creates the workdir (or checks it belongs to this config) and records config.json."""
+  if not workdir:
+    raise ValueError("--workdir is empty; pass a directory for checkpoints and results")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir!r} is a file, not a directory; pass a directory path")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create --workdir {workdir!r}: {e.strerror}; pass another path") from None
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"--workdir {workdir!r} is not writable; pass another path")
+  config_path = os.path.join(workdir, "config.json")
+  has_run = any(os.path.exists(os.path.join(workdir, f)) for f in ("checkpoints", "results.json"))
+  if os.path.exists(config_path) and has_run:
+    with open(config_path) as f:
+      old = json.load(f)
+    diff = config_differences(old, config.to_dict())
+    if diff:
+      raise ValueError(f"--workdir {workdir!r} holds a run with a different config (keys differ: "
+                       f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); pass a new "
+                       "--workdir, or the same config to resume it")
+  elif jax.process_index() == 0:  # nothing trained here yet: (re)record the config
+    write_json(workdir, "config.json", config.to_dict())
+  return workdir
