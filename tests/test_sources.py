@@ -6,6 +6,7 @@ scipy.io.savemat with the release's keys).  Nuclei are dark discs/squares drawn 
 positions on a light background, so "centred" is checked by where the dark pixels land.
 """
 import csv as csv_module
+import json
 import os
 
 import numpy as np
@@ -63,6 +64,7 @@ def patch(seed=0):
 
 
 def check_examples(data):
+  json.dumps(data.info)     # the writer stores info as dataset metadata
   assert data.examples
   for e in data.examples:
     assert set(e) == {"image", "label", "specimen", "x", "y", "source"}
@@ -222,7 +224,8 @@ def test_folder_corrupt_image(folder_root):
   assert "P9_broken.png" in str(e.value) and "corrupt" in str(e.value)
   assert "skip_bad" in str(e.value)
   data = sources.read("folder", str(folder_root), Options(skip_bad=True))
-  assert len(data.examples) == 6 and [os.path.basename(p) for p, _ in data.skipped] == ["P9_broken.png"]
+  assert len(data.examples) == 6
+  assert [os.path.basename(p) for p, _ in data.skipped] == ["P9_broken.png"]
 
 
 def test_folder_truncated_image(folder_root):
@@ -395,7 +398,7 @@ def test_csv_row_with_missing_file(patch_manifest):
     csv_module.writer(f).writerow(["img/gone.png", "CD8+", "P4"])
   with pytest.raises(SourceError) as e:
     sources.read("csv", patch_manifest, Options())
-  assert "line 6" in str(e.value) and "img/gone.png" in str(e.value)
+  assert "row 5 (line 6)" in str(e.value) and "img/gone.png" in str(e.value)
   data = sources.read("csv", patch_manifest, Options(skip_bad=True))
   assert len(data.examples) == 4 and data.skipped[0][0].endswith("gone.png")
 
@@ -430,7 +433,7 @@ def test_csv_empty_manifest(tmp_path):
 def test_csv_unknown_label(patch_manifest):
   with pytest.raises(SourceError) as e:
     sources.read("csv", patch_manifest, Options(class_names=["CD8+"]))
-  assert "unknown label 'CD8-'" in str(e.value) and "line 3" in str(e.value)
+  assert "unknown label 'CD8-'" in str(e.value) and "row 2 (line 3)" in str(e.value)
   data = sources.read("csv", patch_manifest, Options(class_names=["CD8+", "other"], skip_bad=True))
   assert data.class_names == ["CD8+", "other"] and len(data.examples) == 2
   assert len(data.skipped) == 2

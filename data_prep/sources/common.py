@@ -1,4 +1,4 @@
-"""What every reader shares: `Options`, the result type `SourceData`, image loading and centred crops.
+"""What every reader shares: Options, the result type SourceData, image loading, centred crops.
 
 A reader (`data_prep/sources/<kind>.py`) turns a user's or a public dataset into a list of
 nucleus-centred `patch_size` x `patch_size` RGB uint8 crops, each with a class index, a
@@ -137,7 +137,7 @@ class Options:
       raise ValueError(
           f"lizard_specimen must be 'image', 'slide' or 'fold', got {self.lizard_specimen!r}")
     if self.class_names is not None:
-      names = [str(c) for c in self.class_names]
+      names = [nfc(str(c)) for c in self.class_names]
       if not names or len(set(names)) != len(names):
         raise ValueError(f"class_names must be non-empty and unique, got {self.class_names!r}")
       self.class_names = names
@@ -345,7 +345,8 @@ def instance_centroids(inst_map: np.ndarray) -> dict[int, tuple[float, float, in
   return {int(i): (sum_x[i] / area[i], sum_y[i] / area[i], int(area[i])) for i in present}
 
 
-def class_selection(known: list[str], options: Options, kind: str) -> tuple[list[str], dict[int, int]]:
+def class_selection(known: list[str], options: Options,
+                    kind: str) -> tuple[list[str], dict[int, int]]:
   """For datasets with a fixed class list: (kept names, {dataset index -> new index}).
 
   options.class_names, if given, picks and orders a subset of `known`; any other name is an error

@@ -16,11 +16,11 @@ Format (our own convention; a UTF-8 CSV with a header row, BOM allowed, as Excel
 * Without x, y every file is one patch of Options.patch_size (others refused or resized).
 * Labels are strings; class_names = Options.class_names if given (then a label outside it is
   an "unknown label"), else the sorted distinct labels (numeric order when all are integers).
-* Errors (SourceError naming the CSV line and the fix; row-level ones become counted skips
-  with skip_bad): missing CSV, empty manifest, a missing column (named, with the columns
-  found), only one of x / y, an empty path / label / specimen cell, a non-numeric x or y, a
-  centre outside the image, a missing or corrupt file, a duplicate path (patches) or duplicate
-  (path, x, y) (crops), an unknown label.
+* Errors (SourceError naming the CSV row (1 = first data row) and line, and the fix;
+  row-level ones become counted skips with skip_bad): missing CSV, empty manifest, a missing
+  column (named, with the columns found), only one of x / y, an empty path / label /
+  specimen cell, a non-numeric x or y, a centre outside the image, a missing or corrupt file,
+  a duplicate path (patches) or duplicate (path, x, y) (crops), an unknown label.
 """
 import csv
 import math
@@ -41,7 +41,7 @@ def _read_rows(path: str, options: Options):
       rows = []
       for row in reader:
         if all(not (v or "").strip() for v in row.values() if isinstance(v, str)):
-          continue   # blank lines and ',,,' rows are not data
+          continue   # ',,,' rows are not data (csv already drops empty lines)
         rows.append((reader.line_num, row))
   except UnicodeDecodeError as e:
     raise SourceError(f"CSV manifest {path}: not UTF-8 text ({e}); save it as UTF-8 CSV") from e
@@ -75,15 +75,18 @@ def read(input_path: str, options: Options) -> SourceData:
   data = SourceData(class_names=[], info={"kind": "csv", "manifest": manifest,
                                           "mode": "crops" if crops else "patches"})
 
+  row_of_line = {n: i + 1 for i, (n, _) in enumerate(rows)}
+
   def where(n):
-    return f"CSV manifest {manifest} line {n}"
+    # Data row number (1 = first row under the header) and the file's line number.
+    return f"CSV manifest {manifest} row {row_of_line[n]} (line {n})"
 
   # Pass 1: validate the rows (cheap) before decoding any image.
   records = []     # (line, abs path, label, specimen, x, y)
   seen = {}        # duplicate key -> line
   for n, row in rows:
     rel = (row.get(options.path_column) or "").strip()
-    label = (row.get(options.label_column) or "").strip()
+    label = common.nfc((row.get(options.label_column) or "").strip())
     specimen = (row.get(options.specimen_column) or "").strip()
     empty = [c for c, v in ((options.path_column, rel), (options.label_column, label),
                             (options.specimen_column, specimen)) if not v]
@@ -98,8 +101,9 @@ def read(input_path: str, options: Options) -> SourceData:
         if not (math.isfinite(x) and math.isfinite(y)):
           raise ValueError
       except (TypeError, ValueError):
-        common.bad_input(options, data, f"{manifest}:{n}", f"{where(n)}: x={row.get(options.x_column)!r}, "
-                         f"y={row.get(options.y_column)!r} are not numbers; give pixel coordinates")
+        common.bad_input(options, data, f"{manifest}:{n}",
+                         f"{where(n)}: x={row.get(options.x_column)!r}, y="
+                         f"{row.get(options.y_column)!r} are not numbers; give pixel coordinates")
         continue
     key = (os.path.normcase(path), x, y) if crops else os.path.normcase(path)
     if key in seen:

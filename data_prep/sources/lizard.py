@@ -1,4 +1,6 @@
-"""Lizard (Graham et al., ICCV-W 2021; warwick.ac.uk/lizard-dataset): one crop per nucleus, colon H&E at 20x.
+"""Lizard (Graham et al., ICCV-W 2021; warwick.ac.uk/lizard-dataset): one crop per nucleus.
+
+Colon H&E image regions at 20x, six nucleus classes.
 
 Published format, as read in the release's own README.txt and read_label.py (a copy of the
 unzipped release is in the public repo marekfejda/ZNEUS_data_zadanie_2):

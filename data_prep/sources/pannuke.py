@@ -1,4 +1,6 @@
-"""PanNuke (Gamper et al. 2019, 2020; warwick.ac.uk/fac/cross_fac/tia/data/pannuke): one crop per nucleus.
+"""PanNuke (Gamper et al. 2019, 2020): one crop per nucleus, five nucleus classes.
+
+Download: warwick.ac.uk/fac/cross_fac/tia/data/pannuke (fold_1.zip ... fold_3.zip).
 
 Published format, as read in the release's own fold README ("# 1St Fold": images.npy = 256x256
 image patches; masks.npy = "6 channel instance-wise masks (0: Neoplastic cells, 1:
@@ -7,12 +9,17 @@ channel, index 5]: Background)"; types.npy = tissue type of each patch) and in l
 open the unzipped release (torch_em's pannuke.py, which also notes channel 5 holds the true
 background as positive pixels; pathml's PanNukeDataset):
 
-    fold_1/Fold 1/images/fold1/images.npy   (N, 256, 256, 3) float64 holding 0..255 RGB
+    fold_1/Fold 1/images/fold1/images.npy   (N, 256, 256, 3) RGB 0..255, stored as floats
     fold_1/Fold 1/images/fold1/types.npy    (N,) str, e.g. 'Breast', 'Colon' (19 tissues)
     fold_1/Fold 1/masks/fold1/masks.npy     (N, 256, 256, 6) float64; channels 0-4 are
                                             instance maps (0 = no nucleus, k > 0 = nucleus k),
                                             channel 5 is background (not used here)
-    ... fold_2, fold_3 alike (2,656 / 2,523 / 2,722 patches; 7,901 in all)
+    ... fold_2, fold_3 alike (2,656 / 2,523 / 2,722 patches; 7,901 in all, 40x, ~0.25 um/px;
+    counts from the Hugging Face mirror's card, Angelou0516/PanNuke)
+
+The image dtype is not stated in the README; loaders cast it with `.astype(np.uint8)`, which
+says it is not uint8 (float64 is the usual report).  Any numeric dtype holding 0..255 is
+accepted (floats rounded); values outside 0..255 are refused (common.as_uint8_rgb).
 
 Other copies re-pack it (e.g. 'Part 1/Images/images.npy' + 'Part 1/Masks/masks.npy'), so the
 reader walks the input root for images.npy files and pairs each with the one masks.npy found
@@ -110,6 +117,7 @@ def read(input_path: str, options: Options) -> SourceData:
   class_names, remap = common.class_selection(CLASS_NAMES, options, "pannuke")
   data = SourceData(class_names=class_names, info={
       "kind": "pannuke", "root": root, "folds": {}, "specimen_rule": options.pannuke_specimen,
+      "magnification": "40x",
       "channels": dict(enumerate(CLASS_NAMES)), "dropped_by_class": 0,
       "centre": "instance centroid (mean pixel position) per channel 0-4"})
   for f in folds:
