@@ -147,7 +147,7 @@ def read(input_path: str, options: Options) -> SourceData:
       continue
     items = per_class.setdefault(cls, [])
     for p in files:
-      rel = os.path.relpath(p, root).replace(os.sep, "/")
+      rel = common.nfc(os.path.relpath(p, root).replace(os.sep, "/"))
       if not common.is_image_name(p):
         common.bad_input(options, data, p, f"{p}: not an image file (extension "
                          f"{os.path.splitext(p)[1] or 'none'!r}; images are "
