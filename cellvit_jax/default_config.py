@@ -65,4 +65,7 @@ def get_config():
   config.train.checkpoint_every_epochs = 1.0
   config.train.keep_checkpoints = 2
   config.train.progress_bar = True      # tqdm, only when stderr is a terminal
+  # Stop this invocation after this many steps (0: run to the end); rerun the same command
+  # to continue. For time-boxed or preemptible jobs; it does not change the schedule.
+  config.train.max_steps_per_run = 0
   return config

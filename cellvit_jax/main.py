@@ -19,7 +19,11 @@ FLAGS = flags.FLAGS
 def _train(config, workdir):
   from cellvit_jax import train
   results = train.train_and_evaluate(config, workdir)
-  print("\n" + train.summary_table(results))
+  if results["finished"]:
+    print("\n" + train.summary_table(results))
+  else:
+    print(f"\nStopped at step {results['step']} of {results['total_steps']}; rerun to continue "
+          f"({results['workdir']}).")
 
 
 MODES = {"train": _train}

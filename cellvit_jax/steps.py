@@ -43,7 +43,7 @@ def _variables(state, params=None):
 
 
 def _tree_norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def make_steps(model, config, schedule, mesh):

@@ -102,6 +102,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = ckpt.restore(state, train_iter)
     logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
   start = int(state.step)
+  results_path = os.path.join(workdir, "results.json")
+  if start >= total and os.path.exists(results_path):
+    logging.info("%s already holds a finished run (step %d); not retraining.", workdir, start)
+    ckpt.close()
+    with open(results_path) as f:
+      return json.load(f)
   logging.info("%s: %s parameters; %d steps (%d per epoch) at batch %d on %d device(s).",
                config.model.name, f"{num_params:,}", total, steps_per_epoch,
                config.train.batch_size, mesh.devices.size)
@@ -111,8 +117,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
   pending, timed_steps, timed_seconds, t_mark = [], 0, 0.0, None
+  end = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run > 0 else total
   bar = _progress(total, start, config)
-  for step in range(start, total):
+  for step in range(start, end):
     batch = parallel.shard_batch(next(train_iter), mesh)
     state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
     pending.append(m)
@@ -141,10 +148,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    last_train["loss"], last_train["accuracy"], val["accuracy"],
                    val["balanced_accuracy"], val["macro_f1"], last_train.get("images_per_sec", 0.0))
       t_mark = time.perf_counter()  # evaluation time is not training time
-    if done % ckpt_every == 0 or done == total:
+    if done % ckpt_every == 0 or done == end:
       ckpt.save(done, state, train_iter, config.to_dict())
   bar.close()
   ckpt.wait()
+  if end < total:
+    ckpt.close()
+    writer.close()
+    logging.info("Stopped at step %d of %d (config.train.max_steps_per_run); rerun the same "
+                 "command to continue.", end, total)
+    return {"workdir": workdir, "step": end, "total_steps": total, "finished": False}
 
   # Test split, final state.
   test_images, test_labels = pipeline.load_arrays(dataset.source(config.dataset.test_split),
@@ -158,6 +171,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
   results = {
+      "finished": True,
+      "step": total,
       "model": config.model.name,
       "dataset": dataset.name,
       "flaglimit": config.dataset.flaglimit,

@@ -12,7 +12,7 @@ import jax
 
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
-                     "dataset.data_dir", "dataset.cache"}
+                     "dataset.data_dir", "dataset.cache", "train.max_steps_per_run"}
 
 
 def _flatten(d, prefix=""):

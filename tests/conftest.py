@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny synthetic_cells dataset built once per test session."""
+import os
+
+import pytest
+
+from cellvit_jax.data import datasets, synthetic_cells
+
+TINY_SPEC = dict(num_specimens=6, cells_per_specimen=96, seed=0, val_specimens=1, test_specimens=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("data"))
+  datasets.open_dataset("synthetic_cells_tiny", data_dir,
+                        synthetic=synthetic_cells.SyntheticSpec(**TINY_SPEC))
+  return data_dir
+
+
+def tiny_overrides(data_dir, **extra):
+  """Command-line overrides for a fast run on the tiny dataset with a tiny CustomViT."""
+  o = {
+      "dataset.name": "synthetic_cells_tiny", "dataset.data_dir": data_dir,
+      "dataset.flaglimit": 64,
+      **{f"dataset.synthetic.{k}": v for k, v in TINY_SPEC.items()},
+      "model.kwargs.dim": 32, "model.kwargs.depth": 2, "model.kwargs.num_heads": 2,
+      "model.kwargs.patch_size": 8, "model.kwargs.drop_path": 0.0,
+      "train.batch_size": 32, "train.eval_batch_size": 64, "train.epochs": 4.0,
+      "train.log_every_steps": 4, "optim.lr": 3e-3, "optim.warmup_epochs": 0.5,
+      "train.progress_bar": False,
+  }
+  o.update(extra)
+  return o
+
+
+def apply_overrides(config, overrides):
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_config(data_dir, **extra):
+  from cellvit_jax import default_config
+  return apply_overrides(default_config.get_config(), tiny_overrides(data_dir, **extra))
+
+
+def as_flags(overrides):
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

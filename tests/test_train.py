@@ -1,0 +1,105 @@
+"""The spine: train_and_evaluate end to end on tiny data, resume, data parallelism."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cellvit_jax import train
+from conftest import REPO, tiny_config
+
+
+def _records(workdir, split):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def test_tiny_run_learns_and_writes_results(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tiny_data_dir, **{"train.epochs": 12.0, "train.log_every_steps": 8})
+  results = train.train_and_evaluate(config, workdir)
+  train_records = _records(workdir, "train")
+  assert train_records[-1]["loss"] < train_records[0]["loss"] - 0.1
+  # 4 balanced classes: chance is 0.25.
+  assert results["test"]["accuracy"] > 0.4, results["test"]
+  for f in ("results.json", "config.json", "metrics.jsonl"):
+    assert os.path.exists(os.path.join(workdir, f))
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(workdir, "tensorboard")))
+  with open(os.path.join(workdir, "results.json")) as f:
+    stored = json.load(f)
+  assert set(stored["test"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall",
+                                 "confusion_matrix"}
+  assert stored["config"]["model"]["name"] == "customvit"
+  assert stored["train_counts"] == {n: 64 for n in stored["train_counts"]}
+  assert "test accuracy" in train.summary_table(stored)
+
+
+def test_interrupted_run_resumes_and_finished_run_is_kept(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = {"train.epochs": 4.0, "train.max_steps_per_run": 3}
+  first = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), workdir)
+  assert first == {"workdir": workdir, "step": 3, "total_steps": 32, "finished": False} or (
+      not first["finished"] and first["step"] == 3)
+  total = first["total_steps"]
+  overrides["train.max_steps_per_run"] = 0  # may change between invocations
+  second = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), workdir)
+  assert second["finished"] and second["step"] == total
+  steps = [r["step"] for r in _records(workdir, "train")]
+  assert steps == sorted(steps) and steps[-1] == total and min(steps) <= 4  # continued, not restarted
+  with open(os.path.join(workdir, "results.json")) as f:
+    stored = f.read()
+  third = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), workdir)
+  assert third["test"] == second["test"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert f.read() == stored  # a finished run is not recomputed or rewritten
+
+
+def test_other_config_in_same_workdir_is_refused(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0}), workdir)
+  before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  with pytest.raises(ValueError, match="different config.*optim.lr"):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "optim.lr": 0.1}), workdir)
+  assert before == {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+
+
+EQUIVALENCE = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    from cellvit_jax import models, parallel, steps
+    from conftest import tiny_config
+    assert jax.device_count() == 4
+    config = tiny_config("unused")
+    model = models.build("customvit", 4, **config.model.kwargs)
+    rng = np.random.default_rng(0)
+    batch = {{"image": rng.integers(0, 256, (32, 40, 40, 3), dtype=np.uint8),
+              "label": rng.integers(0, 4, 32).astype(np.int32)}}
+    out = {{}}
+    for n in (1, 4):
+      mesh = parallel.make_mesh(jax.devices()[:n])
+      tx, schedule = steps.make_optimizer(config, 10, 2)
+      state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+      train_step, _ = steps.make_steps(model, config, schedule, mesh)
+      state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
+      state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(2))
+      out[n] = (float(m["loss"]), jax.device_get(state.params))
+    loss_diff = abs(out[1][0] - out[4][0])
+    param_diff = max(float(np.max(np.abs(a - b))) for a, b in
+                     zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])))
+    print("DIFF", loss_diff, param_diff)
+""")
+
+
+def test_four_devices_match_one_device():
+  script = EQUIVALENCE.format(tests=os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("DIFF")][0]
+  loss_diff, param_diff = map(float, line.split()[1:])
+  assert loss_diff < 1e-5 and param_diff < 1e-5, line
