@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny synthetic_cells dataset built once per test session."""
+"""Shared fixtures: a tiny synthetic_cells dataset built once per test session, and input
+fixtures in the published formats (the writers themselves are in tests/fixtures.py)."""
 import os
 
 import pytest
+
+import fixtures
 
 from cellvit_jax.data import datasets, synthetic_cells
 
@@ -52,3 +55,23 @@ def as_flags(overrides):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+  return fixtures.write_folder_root(tmp_path / "my cells ü")
+
+
+@pytest.fixture
+def patch_manifest(tmp_path):
+  return fixtures.write_patch_manifest(tmp_path)
+
+
+@pytest.fixture
+def pannuke_root(tmp_path):
+  return fixtures.write_pannuke_root(tmp_path / "PanNuke data")
+
+
+@pytest.fixture
+def lizard_root(tmp_path):
+  return fixtures.write_lizard_root(tmp_path / "Lizard ü")

@@ -57,6 +57,15 @@ def _make_builder_class(name: str):
           builder=self, description=self._description,
           features=_features(self._class_names, self._patch_size), disable_shuffling=True)
 
+    # TFDS prints "Downloading and preparing ... to <dir>" and "... Subsequent calls will
+    # reuse this data" to stdout; here <dir> is the temporary folder, removed after the
+    # rename, so the lines would mislead. Callers report the final place themselves.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
+
     def _split_generators(self, dl_manager):
       return {split: self._generate_examples(split) for split in self._splits}
 
