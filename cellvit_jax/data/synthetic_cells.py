@@ -54,7 +54,7 @@ def _unit(v):
 
 def _specimen_style(rng):
   """Per-specimen stain vectors, intensities and scanner characteristics."""
-  jitter = lambda v: _unit(np.clip(v + rng.normal(0, 0.05, 3), 0.05, None))
+  jitter = lambda v: _unit(np.clip(v + rng.normal(0, 0.08, 3), 0.05, None))
   return dict(
       h=jitter(_HEMATOXYLIN), dab=jitter(_DAB), red=jitter(_RED),
       h_gain=rng.uniform(0.7, 1.3), chromogen_gain=rng.uniform(0.7, 1.3),
@@ -96,8 +96,12 @@ def _cell_layers(rng, n, cy, cx, phenotype, style, centre):
   h = nucleus * texture * _u(rng, 0.5, 1.1, (n, 1, 1)) * style["h_gain"]
 
   # Membrane: a thin ring at the cell edge, incomplete by a random angular modulation.
+  # Non-specific cytoplasmic chromogen (a common staining artefact) fills some cells of
+  # every class with as much colour as a ring carries: only the ring's shape, not the
+  # amount of colour, tells a positive cell.
   width = _u(rng, 0.6, 1.2, (n, 1, 1))
   ring = np.exp(-((dist - radius) ** 2) / (2 * width ** 2))
+  inside = 0.5 - 0.5 * np.tanh((dist - radius + 1.5) * 1.5)
   layers = []
   for positive in (phenotype[:, 1], phenotype[:, 0]):  # DAB = CD8, red = CD103
     coverage = _u(rng, 0.0, 0.8, (n, 1, 1))
@@ -107,8 +111,8 @@ def _cell_layers(rng, n, cy, cx, phenotype, style, centre):
     # label stays mostly decidable, neighbours may be anything.
     low = 0.25 if centre else 0.1
     amp = np.where(positive[:, None, None], _u(rng, low, 1.0, (n, 1, 1)), 0.0)
-    cytoplasm = (dist < radius) * _u(rng, 0.0, 0.15, (n, 1, 1))
-    layers.append(amp * (ring * arc + cytoplasm) * style["chromogen_gain"])
+    diffuse = (rng.random((n, 1, 1)) < 0.5) * _u(rng, 0.05, 0.4, (n, 1, 1))
+    layers.append((amp * ring * arc + diffuse * inside) * style["chromogen_gain"])
   cell_mask = dist < radius + 1.5
   return h, layers[0], layers[1], cell_mask
 
@@ -132,14 +136,14 @@ def render(rng, labels, style):
   num_neighbours = rng.integers(1, 5, n)
   for j in range(4):
     present = (j < num_neighbours)[:, None, None]
-    r = _u(rng, 15.0, 24.0, n)
+    r = _u(rng, 12.0, 22.0, n)
     a = _u(rng, 0, 2 * np.pi, n)
     cy, cx = 20 + r * np.sin(a), 20 + r * np.cos(a)
     nh, nd, nr_, mask = _cell_layers(rng, n, cy, cx, _phenotypes(rng.integers(0, 4, n)), style, False)
     h += present * nh
     dab += present * nd
     red += present * nr_
-  cy, cx = 19.5 + rng.standard_normal((2, n), dtype=np.float32)
+  cy, cx = 19.5 + 1.5 * rng.standard_normal((2, n), dtype=np.float32)
   ch, cd, cr, mask = _cell_layers(rng, n, cy, cx, _phenotypes(labels), style, True)
   # The centre cell occludes what lies under it.
   h = np.where(mask, ch + 0.3 * h, h)
@@ -148,7 +152,9 @@ def render(rng, labels, style):
 
   stains = np.stack([style["h"], style["dab"], style["red"], [0.07, 0.99, 0.11]]).astype(np.float32)
   od = np.stack([h, dab, red, eosin_like], axis=-1) @ stains
-  rgb = np.exp(-od) * style["brightness"]
+  # Stain intensity and illumination vary per image as well as per specimen.
+  od = od * _u(rng, 0.75, 1.25, (n, 1, 1, 1))
+  rgb = np.exp(-od) * style["brightness"] * _u(rng, 0.9, 1.08, (n, 1, 1, 1))
   if style["focus"] > 0.05:  # scanner focus: a light separable blur per specimen
     rgb = _blur(rgb, style["focus"])
   rgb = rgb + np.float32(style["noise"]) * rng.standard_normal(rgb.shape, dtype=np.float32)
