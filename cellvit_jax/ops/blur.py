@@ -11,10 +11,16 @@ never smaller than any sample's own radius; offsets beyond a sample's own radius
 weight 0, so every sample is filtered exactly as scipy would filter it alone.
 
 Boundary rule: `mode='reflect'` is scipy's 'reflect' (d c b a | a b c d | d c b a, the
-edge pixel repeated), done with `jnp.pad(mode='symmetric')`; a radius larger than the
+edge pixel repeated), done with `jnp.pad(mode='symmetric')` (method='conv') or the same
+index rule folded into the filter matrix (method='matmul'); a radius larger than the
 image is handled by repeated reflection, as in scipy.  Also 'mirror' (d c b | a b c d |
 c b a), 'nearest', 'wrap' and 'constant' (with `cval`), each equal to scipy's mode of the
-same name.
+same name.  Note scipy filters along H and then along W, each pass padding its own input;
+for these modes that equals padding both axes first, which is what the conv path does.
+
+Sigmas known at trace time get float64 numpy kernels (scipy's numbers); traced sigmas get
+float32 jnp kernels, whose own radius `floor(truncate * s + 0.5)` can differ from
+scipy's float64 one only when truncate * s + 0.5 is within float32 rounding of an integer.
 """
 import math
 from typing import Optional, Union
