@@ -10,6 +10,13 @@ import importlib
 
 _REGISTRY = {
     "customvit": ("cellvit_jax.models.customvit", "CustomViT"),
+    "resnet18": ("cellvit_jax.models.resnet", "ResNet18"),
+    "resnet50": ("cellvit_jax.models.resnet", "ResNet50"),
+    "densenet121": ("cellvit_jax.models.densenet", "DenseNet121"),
+    "efficientnet_b0": ("cellvit_jax.models.efficientnet", "EfficientNetB0"),
+    "convnext_tiny": ("cellvit_jax.models.convnext", "ConvNeXtTiny"),
+    "vit_small": ("cellvit_jax.models.vit", "ViTSmall"),
+    "swin_tiny": ("cellvit_jax.models.swin", "SwinTiny"),
 }
 
 

@@ -1,9 +1,10 @@
-"""Layers shared by several models: MLP, drop path, self-attention, encoder block, position embeddings.
+"""Layers shared by several models: MLP, drop path, self-attention, encoder block, position
+embeddings, squeeze-excitation, and the (shifted) window attention pieces used by Swin.
 
 Every model takes float images NHWC and `train: bool`; stochastic layers draw from the
 'dropout' RNG stream, so one rng argument drives dropout and drop path alike.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -51,6 +52,10 @@ class SelfAttention(nn.Module):
   Small-Size Datasets"): a learnable temperature (initialised at sqrt(head_dim)) and the
   diagonal of the attention matrix masked, so a token cannot attend to itself and the
   softmax gets sharper on small data.
+
+  `bias`, if given, is added to the float32 attention logits before the softmax; it must
+  broadcast to (batch, heads, queries, keys). Swin's relative position bias and shifted-window
+  mask come in this way (see WindowAttention).
   """
   num_heads: int
   locality: bool = False
@@ -58,7 +63,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, bias=None):
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
@@ -72,6 +77,8 @@ class SelfAttention(nn.Module):
     else:
       scale = head_dim ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
     if self.locality:
       logits = jnp.where(jnp.eye(n, dtype=bool), jnp.finfo(jnp.float32).min, logits)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -113,3 +120,98 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> np.ndar
 def drop_path_rates(max_rate: float, depth: int) -> list:
   """Linearly increasing stochastic-depth rates over blocks, 0 for the first."""
   return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation (Hu et al. 2018) on NHWC maps.
+
+  Global average pool -> 1x1 reduce to `reduced_dim` (with bias) -> `act` -> 1x1 expand back to
+  the input width -> sigmoid gate, multiplied onto the input. EfficientNet uses it with SiLU and
+  `reduced_dim` = a quarter of the MBConv block's *input* width (not the expanded width).
+  """
+  reduced_dim: int
+  act: Callable = nn.silu
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    s = x.mean(axis=(1, 2), keepdims=True)
+    s = self.act(nn.Dense(self.reduced_dim, dtype=self.dtype, name="reduce")(s))
+    s = nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s)
+    return x * nn.sigmoid(s)
+
+
+def window_partition(x, window: int):
+  """(B, H, W, C) -> (B * nW, window * window, C); windows ordered batch-major, then row-major."""
+  b, h, w, c = x.shape
+  if h % window or w % window:
+    raise ValueError(f"a {h}x{w} map cannot be split into {window}x{window} windows")
+  x = x.reshape(b, h // window, window, w // window, window, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, window * window, c)
+
+
+def window_reverse(windows, window: int, h: int, w: int):
+  """Inverse of window_partition: (B * nW, window * window, C) -> (B, H, W, C)."""
+  c = windows.shape[-1]
+  x = windows.reshape(-1, h // window, w // window, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, h, w, c)
+
+
+def relative_position_index(window: int) -> np.ndarray:
+  """(N, N) indices into a ((2*window-1)**2)-row bias table, N = window**2 (Swin, Liu et al. 2021).
+
+  Entry [i, j] encodes the 2-D offset between tokens i and j of one window, so all pairs with
+  the same offset share one learned bias per head.
+  """
+  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+  rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2w-2]
+  return (rel[0] * (2 * window - 1) + rel[1]).astype(np.int32)
+
+
+def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
+  """Additive attention mask (nW, N, N) for Swin's cyclically shifted windows.
+
+  After rolling the map by -shift, a window at the bottom/right edge holds tokens from up to
+  four regions that were not neighbours in the image; tokens may attend only within their own
+  region (0 where allowed, a large negative number elsewhere).
+  """
+  region = np.zeros((1, h, w, 1), np.float32)
+  label = 0
+  for hs in (slice(0, h - window), slice(h - window, h - shift), slice(h - shift, h)):
+    for ws in (slice(0, w - window), slice(w - window, w - shift), slice(w - shift, w)):
+      region[:, hs, ws, :] = label
+      label += 1
+  b, hh, ww, _ = region.shape
+  r = region.reshape(b, hh // window, window, ww // window, window).transpose(0, 1, 3, 2, 4)
+  r = r.reshape(-1, window * window)
+  same = r[:, :, None] == r[:, None, :]
+  return np.where(same, 0.0, -1e9).astype(np.float32)
+
+
+class WindowAttention(nn.Module):
+  """Swin's window multi-head self-attention with a learned relative position bias.
+
+  Input (B * nW, window**2, C) from window_partition; `mask` is None or the (nW, N, N) array
+  from shifted_window_mask. The attention itself is SelfAttention (qkv with bias, proj); the
+  bias table ((2*window-1)**2, heads) is initialised with a truncated normal of std 0.02.
+  """
+  num_heads: int
+  window: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, train: bool):
+    n = self.window * self.window
+    if x.shape[1] != n:
+      raise ValueError(f"expected {n} tokens per window, got {x.shape[1]}")
+    table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                       ((2 * self.window - 1) ** 2, self.num_heads))
+    index = relative_position_index(self.window)
+    bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
+    if mask is not None:  # (nW, 1, N, N) + (1, heads, N, N), tiled over the batch (batch-major windows)
+      num_windows = mask.shape[0]
+      bias = bias + jnp.asarray(mask)[:, None]
+      bias = jnp.tile(bias, (x.shape[0] // num_windows, 1, 1, 1))
+    return SelfAttention(self.num_heads, dropout=self.dropout, dtype=self.dtype, name="attn")(
+        x, train, bias=bias)
