@@ -26,7 +26,8 @@ def get_config():
   # Recipe of the embedded synthetic_cells family (used only for names synthetic_cells*):
   # 100 specimens x 800 cells, 8 val and 8 test specimens -> 16,800 train patches per class.
   config.dataset.synthetic = ml_collections.ConfigDict(dict(
-      num_specimens=100, cells_per_specimen=800, seed=0, val_specimens=8, test_specimens=8))
+      num_specimens=100, cells_per_specimen=800, seed=0, val_specimens=8, test_specimens=8,
+      nonspecific_fraction=0.5))
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "customvit"

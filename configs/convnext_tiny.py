@@ -8,7 +8,7 @@ too slow for our short runs.
 """
 import ml_collections
 
-from configs import default
+from cellvit_jax import default_config as default
 
 
 def get_config():

@@ -7,7 +7,7 @@ EfficientNet's RMSProp 0.256 at batch 4096.
 """
 import ml_collections
 
-from configs import default
+from cellvit_jax import default_config as default
 
 
 def get_config():

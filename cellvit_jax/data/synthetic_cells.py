@@ -41,6 +41,9 @@ class SyntheticSpec:
   # Specimens per split, in order train / val / test; the rest of num_specimens is train.
   val_specimens: int = 8
   test_specimens: int = 8
+  # Fraction of cells (each chromogen drawn separately) with non-specific cytoplasmic
+  # staining: the main thing that defeats colour-counting models. 0 gives an easy variant.
+  nonspecific_fraction: float = 0.5
 
 
 def _u(rng, low, high, shape):
@@ -75,7 +78,7 @@ def _smooth_field(rng, n, scale):
   return np.float32(scale) * (0.5 + field / 6.0)
 
 
-def _cell_layers(rng, n, cy, cx, phenotype, style, centre):
+def _cell_layers(rng, n, cy, cx, phenotype, style, centre, nonspecific_fraction):
   """Concentrations (haematoxylin, DAB, red) of one cell per patch, each (n, 40, 40)."""
   yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
   radius = _u(rng, 6.0, 9.0, (n, 1, 1))
@@ -111,7 +114,7 @@ def _cell_layers(rng, n, cy, cx, phenotype, style, centre):
     # label stays mostly decidable, neighbours may be anything.
     low = 0.25 if centre else 0.1
     amp = np.where(positive[:, None, None], _u(rng, low, 1.0, (n, 1, 1)), 0.0)
-    diffuse = (rng.random((n, 1, 1)) < 0.5) * _u(rng, 0.05, 0.4, (n, 1, 1))
+    diffuse = (rng.random((n, 1, 1)) < nonspecific_fraction) * _u(rng, 0.05, 0.4, (n, 1, 1))
     layers.append((amp * ring * arc + diffuse * inside) * style["chromogen_gain"])
   cell_mask = dist < radius + 1.5
   return h, layers[0], layers[1], cell_mask
@@ -123,7 +126,7 @@ def _phenotypes(labels):
   return table[labels]
 
 
-def render(rng, labels, style):
+def render(rng, labels, style, nonspecific_fraction=0.5):
   """Renders patches with centre-cell phenotypes `labels`; returns uint8 (n, 40, 40, 3)."""
   n = len(labels)
   h = _smooth_field(rng, n, style["background_h"])
@@ -139,12 +142,14 @@ def render(rng, labels, style):
     r = _u(rng, 12.0, 22.0, n)
     a = _u(rng, 0, 2 * np.pi, n)
     cy, cx = 20 + r * np.sin(a), 20 + r * np.cos(a)
-    nh, nd, nr_, mask = _cell_layers(rng, n, cy, cx, _phenotypes(rng.integers(0, 4, n)), style, False)
+    nh, nd, nr_, mask = _cell_layers(rng, n, cy, cx, _phenotypes(rng.integers(0, 4, n)), style, False,
+                                      nonspecific_fraction)
     h += present * nh
     dab += present * nd
     red += present * nr_
   cy, cx = 19.5 + 1.5 * rng.standard_normal((2, n), dtype=np.float32)
-  ch, cd, cr, mask = _cell_layers(rng, n, cy, cx, _phenotypes(labels), style, True)
+  ch, cd, cr, mask = _cell_layers(rng, n, cy, cx, _phenotypes(labels), style, True,
+                                 nonspecific_fraction)
   # The centre cell occludes what lies under it.
   h = np.where(mask, ch + 0.3 * h, h)
   dab = np.where(mask, cd + 0.3 * dab, dab)
@@ -186,7 +191,8 @@ def generate_specimen(spec: SyntheticSpec, specimen: int, chunk: int = 500):
   rng = np.random.default_rng([spec.seed, specimen])
   style = _specimen_style(rng)
   labels = rng.permutation(np.arange(spec.cells_per_specimen) % len(CLASS_NAMES))
-  images = [render(rng, labels[i:i + chunk], style) for i in range(0, len(labels), chunk)]
+  images = [render(rng, labels[i:i + chunk], style, spec.nonspecific_fraction)
+            for i in range(0, len(labels), chunk)]
   return np.concatenate(images), labels.astype(np.int64)
 
 
