@@ -87,8 +87,9 @@ def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpe
   splits = {split: synthetic_cells.examples(spec, split, workers) for split in ("train", "val", "test")}
   return tfds_writer.write(
       data_dir, name, synthetic_cells.CLASS_NAMES, splits, patch_size=synthetic_cells.SIZE,
-      description=synthetic_cells.__doc__, info={"source": "synthetic_cells",
-                                                 "spec": dataclasses.asdict(spec)})
+      description=synthetic_cells.__doc__,
+      info={"source": "synthetic_cells", "spec": dataclasses.asdict(spec),
+            "recipe_version": synthetic_cells.RECIPE_VERSION})
 
 
 def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) -> CellDataset:
@@ -117,6 +118,11 @@ def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) ->
           "config.dataset.data_dir / $CELLVIT_DATA to where it lives.")
   with open(os.path.join(path, tfds_writer.META_FILE)) as f:
     meta = json.load(f)
+  if is_synthetic and meta["info"].get("recipe_version") != synthetic_cells.RECIPE_VERSION:
+    raise ValueError(f"{name} in {data_dir} was rendered by an older synthetic_cells recipe "
+                     f"(version {meta['info'].get('recipe_version')}, now "
+                     f"{synthetic_cells.RECIPE_VERSION}); delete {os.path.join(data_dir, name)} to "
+                     "rebuild it, or use another dataset name")
   if is_synthetic and synthetic is not None:
     built = meta["info"].get("spec")
     if built != dataclasses.asdict(synthetic):

@@ -23,6 +23,9 @@ import dataclasses
 import numpy as np
 
 CLASS_NAMES = ("CD103+CD8+", "CD103+CD8-", "CD103-CD8+", "negative")
+# Bumped whenever the renderer changes what a (spec, seed) produces; recorded with a build
+# so a dataset rendered by older code is noticed instead of silently mixed in.
+RECIPE_VERSION = 2
 SIZE = 40
 
 # Optical-density stain vectors (unit length). Haematoxylin and DAB are the standard
