@@ -15,15 +15,38 @@ def _plain(v):
   return v
 
 
+def _drop_after(path: str, step: int):
+  """A resumed run replays the steps after its checkpoint: drop their old records first
+  (atomically), so metrics.jsonl reads as one uninterrupted run."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (ValueError, KeyError):  # a line cut by a kill mid-write
+      continue
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
   """Only process 0 writes; other processes of a multi-host run get a no-op writer."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_after(path, resume_step)
+      self._jsonl = open(path, "a")
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import checkpoint, metric_writers, metrics, models, parallel, steps, train_length
+from cellvit_jax import checkpoint, metric_writers, metrics, models, parallel, preemption, steps
+from cellvit_jax import train_length
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
@@ -33,13 +34,16 @@ def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) ->
   return result
 
 
-def _check_finite(step, scalars):
-  bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
-  if bad:
-    raise FloatingPointError(
-        f"non-finite training metrics {bad} at step {step}; the latest checkpoint holds the "
-        "last good state. Resume with a lower learning rate, e.g. --config.optim.lr=3e-4, "
-        "or a stronger gradient clip (--config.optim.grad_clip).")
+def _check_finite(first_step, per_step_metrics):
+  """Raises at the first step (numbered from 1) whose loss or gradient norm is not finite."""
+  for i, m in enumerate(per_step_metrics):
+    bad = {k: float(m[k]) for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))}
+    if bad:
+      raise FloatingPointError(
+          f"non-finite {bad} at training step {first_step + i}; nothing after the last good "
+          "checkpoint was saved. Rerun the same command with a lower learning rate (e.g. "
+          "--config.optim.lr=3e-4; the workdir check allows it only with a new --workdir) or "
+          "a stronger gradient clip (--config.optim.grad_clip).")
 
 
 def _progress(total, initial, config):
@@ -112,51 +116,62 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.model.name, f"{num_params:,}", total, steps_per_epoch,
                config.train.batch_size, mesh.devices.size)
 
-  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
   eval_every = train_length.every(config.train.eval_every_epochs, steps_per_epoch)
   ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
   pending, timed_steps, timed_seconds, t_mark = [], 0, 0.0, None
   end = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run > 0 else total
   bar = _progress(total, start, config)
-  for step in range(start, end):
-    batch = parallel.shard_batch(next(train_iter), mesh)
-    state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
-    pending.append(m)
-    bar.update(1)
-    done = step + 1
-    if done % log_every == 0 or done % eval_every == 0 or done == total:
-      scalars = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
-      now = time.perf_counter()
-      if t_mark is not None:  # the first interval includes compilation: not timed
-        timed_steps += len(pending)
-        timed_seconds += now - t_mark
-      t_mark = now
-      pending = []
-      _check_finite(done, scalars)
-      if timed_seconds > 0:
-        scalars["images_per_sec"] = timed_steps * config.train.batch_size / timed_seconds
-      writer.write(done, "train", scalars)
-      bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.3f}")
-      last_train = scalars
-    if done % eval_every == 0 or done == total:
-      val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
-                     dataset.class_names)
-      writer.write(done, "val", {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
-      logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
-                   "F1 %.4f | %.0f images/s", done / steps_per_epoch, done, total,
-                   last_train["loss"], last_train["accuracy"], val["accuracy"],
-                   val["balanced_accuracy"], val["macro_f1"], last_train.get("images_per_sec", 0.0))
-      t_mark = time.perf_counter()  # evaluation time is not training time
-    if done % ckpt_every == 0 or done == end:
-      ckpt.save(done, state, train_iter, config.to_dict())
+  with preemption.PreemptionWatch() as watch:
+    for step in range(start, end):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
+      pending.append(m)
+      bar.update(1)
+      done = step + 1
+      preempted = watch.should_stop(done)
+      is_eval = done % eval_every == 0 or done == total
+      is_ckpt = done % ckpt_every == 0 or done == end or preempted
+      # Metrics are fetched only here (no per-step host sync), and always before a
+      # checkpoint, so a non-finite state is never saved as the latest.
+      if done % log_every == 0 or is_eval or is_ckpt:
+        host = jax.device_get(pending)
+        now = time.perf_counter()
+        if t_mark is not None:  # the first interval includes compilation: not timed
+          timed_steps += len(pending)
+          timed_seconds += now - t_mark
+        t_mark = now
+        _check_finite(done - len(host) + 1, host)
+        pending = []
+        scalars = {k: float(np.mean([x[k] for x in host])) for k in host[0]}
+        if timed_seconds > 0:
+          scalars["images_per_sec"] = timed_steps * config.train.batch_size / timed_seconds
+        writer.write(done, "train", scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.3f}")
+        last_train = scalars
+      if is_eval:
+        val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
+                       dataset.class_names)
+        writer.write(done, "val", {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+        logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
+                     "F1 %.4f | %.0f images/s", done / steps_per_epoch, done, total,
+                     last_train["loss"], last_train["accuracy"], val["accuracy"],
+                     val["balanced_accuracy"], val["macro_f1"], last_train.get("images_per_sec", 0.0))
+        t_mark = time.perf_counter()  # evaluation time is not training time
+      if is_ckpt:
+        ckpt.save(done, state, train_iter, config.to_dict())
+      if preempted:
+        end = done
+        logging.info("SIGTERM: saved a checkpoint at step %d of %d and stopped; rerun the same "
+                     "command to continue.", done, total)
+        break
   bar.close()
   ckpt.wait()
   if end < total:
     ckpt.close()
     writer.close()
-    logging.info("Stopped at step %d of %d (config.train.max_steps_per_run); rerun the same "
-                 "command to continue.", end, total)
+    logging.info("Stopped at step %d of %d; rerun the same command to continue.", end, total)
     return {"workdir": workdir, "step": end, "total_steps": total, "finished": False}
 
   # Test split, final state.

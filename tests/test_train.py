@@ -68,38 +68,52 @@ def test_other_config_in_same_workdir_is_refused(tiny_data_dir, tmp_path):
 
 EQUIVALENCE = textwrap.dedent("""
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from cellvit_jax import models, parallel, steps
     from conftest import tiny_config
-    assert jax.device_count() == 4
+    assert jax.device_count() == 8
     config = tiny_config("unused")
-    model = models.build("customvit", 4, **config.model.kwargs)
     rng = np.random.default_rng(0)
-    batch = {{"image": rng.integers(0, 256, (32, 40, 40, 3), dtype=np.uint8),
-              "label": rng.integers(0, 4, 32).astype(np.int32)}}
-    out = {{}}
-    for n in (1, 4):
-      mesh = parallel.make_mesh(jax.devices()[:n])
-      tx, schedule = steps.make_optimizer(config, 10, 2)
-      state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-      train_step, _ = steps.make_steps(model, config, schedule, mesh)
-      state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(1))
-      state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(2))
-      out[n] = (float(m["loss"]), jax.device_get(state.params))
-    loss_diff = abs(out[1][0] - out[4][0])
-    param_diff = max(float(np.max(np.abs(a - b))) for a, b in
-                     zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])))
-    print("DIFF", loss_diff, param_diff)
+    batches = [{{"image": rng.integers(0, 256, (32, 40, 40, 3), dtype=np.uint8),
+                 "label": rng.integers(0, 4, 32).astype(np.int32)}} for _ in range(4)]
+    for name, kwargs in [("customvit", dict(config.model.kwargs)), ("resnet18", dict(width=8))]:
+      model = models.build(name, 4, **kwargs)
+      out = {{}}
+      for n in (1, 8):
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        tx, schedule = steps.make_optimizer(config, 10, 2)
+        state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+        train_step, _ = steps.make_steps(model, config, schedule, mesh)
+        losses = []
+        for i, batch in enumerate(batches):
+          state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(i))
+          losses.append(float(m["loss"]))
+          if i == 0:
+            leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+        out[n] = (np.array(losses), leaves)
+      loss_diff = float(np.max(np.abs(out[1][0] - out[8][0])))
+      param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(out[1][1], out[8][1]))
+      print("DIFF", name, loss_diff, param_diff)
 """)
 
 
-def test_four_devices_match_one_device():
+@pytest.mark.parametrize("name", ["customvit", "resnet18"])
+def test_eight_devices_match_one_device(name, equivalence_output):
+  """Global-batch data parallelism on 1 vs 8 simulated devices: the parameters (BatchNorm
+  statistics included) after one step agree within 1e-5 and the loss curve over four steps
+  within 5e-5. The tolerance is float32 reduction-order noise: the all-reduce sums in
+  another order, and AdamW's g / sqrt(v) amplifies it for near-zero gradients over steps."""
+  line = [l for l in equivalence_output.splitlines() if l.startswith(f"DIFF {name} ")][0]
+  loss_diff, param_diff = map(float, line.split()[2:])
+  assert loss_diff < 5e-5 and param_diff < 1e-5, line
+
+
+@pytest.fixture(scope="module")
+def equivalence_output():
   script = EQUIVALENCE.format(tests=os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                        timeout=300)
+                        timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("DIFF")][0]
-  loss_diff, param_diff = map(float, line.split()[1:])
-  assert loss_diff < 1e-5 and param_diff < 1e-5, line
+  return proc.stdout
