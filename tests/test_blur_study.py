@@ -198,3 +198,13 @@ def test_post_resize_differs_and_scales_sigma(trained_run, tmp_path):
   assert "post_resize:" in blur_study.table(result)
   with open(path, "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
+
+
+def test_runs_recorded_before_blur_augmentation_still_resume(tiny_data_dir):
+  from cellvit_jax import workdir as workdir_lib
+  new = tiny_config(tiny_data_dir).to_dict()
+  old = json.loads(json.dumps(new))
+  del old["augment"]["blur"]
+  assert workdir_lib.config_differences(old, new) == []
+  new["augment"]["blur"]["prob"] = 0.5
+  assert workdir_lib.config_differences(old, new) == ["augment.blur.prob"]
