@@ -123,6 +123,7 @@ def test_blur_mode_end_to_end(trained_run, capsys):
   assert [r["sigma"] for r in rows] == result["sigmas"]
   assert rows[0]["relative_accuracy"] == 1.0
   assert [r["kernel_radius"] for r in rows] == [0, 2, 3, 5, 6, 9]  # int(3 * sigma + 0.5)
+  assert len({round(r["loss"], 7) for r in rows}) == len(rows)  # the blur reaches the model
   rel = [r["relative_accuracy"] for r in rows]
   auc = result["pre_resize"]["auc_relative_accuracy"]
   # Relative accuracy can exceed 1 where blur happens to help; the area is then above 1 too.
