@@ -42,6 +42,11 @@ def get_config():
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True            # random horizontal and vertical flips
   config.augment.rot90 = True           # random multiples of 90 degrees (cells have no up)
+  # Gaussian blur (ops.augment.random_blur), after flips/rotations and before normalisation,
+  # inside the jitted train step: each sample is blurred with probability `prob`, sigma ~
+  # U(sigma_min, sigma_max) in pixels of the patch. Off by default; configs/customvit_blur_aug.py
+  # turns it on. sigma_max also fixes the kernel radius ceil(3 * sigma_max).
+  config.augment.blur = ml_collections.ConfigDict(dict(prob=0.0, sigma_min=0.0, sigma_max=1.5))
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3                # peak learning rate, for batch_size below

@@ -12,12 +12,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", "", "Run directory; default runs/<model name>/.")
+flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train) "
+                    "or <config.blur.run>/blur/ (mode=blur).")
 FLAGS = flags.FLAGS
 
 
 def _train(config, workdir):
   from cellvit_jax import train
+  workdir = workdir or os.path.join("runs", config.model.name)
   results = train.train_and_evaluate(config, workdir)
   if results["finished"]:
     print("\n" + train.summary_table(results))
@@ -26,14 +28,19 @@ def _train(config, workdir):
           f"({results['workdir']}).")
 
 
-MODES = {"train": _train}
+MODES = {
+    "train": _train,
+    "blur": lambda config, workdir: importlib.import_module(
+        "cellvit_jax.experiments.blur_study").run_mode(config, workdir),
+}
 
 
 def run(config, workdir: str = ""):
-  """Runs config.mode; returns nothing, raises ValueError-like errors on bad input."""
+  """Runs config.mode; returns nothing, raises ValueError-like errors on bad input.
+
+  An empty workdir means the mode's default (train: runs/<model name>/)."""
   if config.mode not in MODES:
     raise ValueError(f"unknown config.mode {config.mode!r}; valid modes: {', '.join(sorted(MODES))}")
-  workdir = workdir or os.path.join("runs", config.model.name)
   MODES[config.mode](config, workdir)
 
 

@@ -13,7 +13,11 @@ import optax
 from flax.training import train_state
 
 from cellvit_jax import parallel
-from cellvit_jax.ops import dihedral, normalize
+from cellvit_jax.ops import augment, dihedral, normalize
+
+# fold_in constant of the blur augmentation's random stream: flips and rotations keep the
+# draws they had before blur existed, whether or not blur is on.
+_BLUR_STREAM = 1
 
 
 class TrainState(train_state.TrainState):
@@ -27,12 +31,48 @@ def compute_dtype(name: str):
   return valid[name]
 
 
+def blur_augment_config(config):
+  """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off.
+
+  Configs written before blur augmentation existed have no config.augment.blur: off.
+  """
+  b = config.augment.get("blur")
+  if b is None or float(b.prob) == 0.0:
+    return None
+  return float(b.prob), float(b.sigma_min), float(b.sigma_max)
+
+
+def check_augment(config):
+  """Range checks of config.augment.blur, before anything is written (one-line errors)."""
+  b = config.augment.get("blur")
+  if b is None:
+    return
+  try:
+    augment.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
+                              float(b.sigma_max))
+  except ValueError as e:
+    raise ValueError(f"config.augment.blur: {e}") from None
+
+
 def preprocess(images, rng, config, train: bool):
-  """uint8 (B, H, W, 3) -> normalised float32, with train-time augmentation."""
+  """uint8 (B, H, W, 3) -> normalised float32, with train-time augmentation.
+
+  Train: random flips / 90-degree rotations, then (if config.augment.blur.prob > 0) a
+  random Gaussian blur per sample, both on [0, 1] floats, then normalisation.
+  """
   x = normalize.to_float(images)
   if train:
     x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
+    blur_args = blur_augment_config(config)
+    if blur_args is not None:
+      x = augment.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
   return normalize.normalize(x, config.normalize.mean, config.normalize.std)
+
+
+def eval_logits(model, config, state, images01):
+  """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode)."""
+  x = normalize.normalize(images01, config.normalize.mean, config.normalize.std)
+  return model.apply(_variables(state), x, train=False).astype(jnp.float32)
 
 
 def _variables(state, params=None):
@@ -81,8 +121,7 @@ def make_steps(model, config, schedule, mesh):
     return new_state, metrics
 
   def eval_step(state, batch):
-    images = preprocess(batch["image"], None, config, train=False)
-    logits = model.apply(_variables(state), images, train=False).astype(jnp.float32)
+    logits = eval_logits(model, config, state, normalize.to_float(batch["image"]))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]
     return {"pred": jnp.argmax(logits, -1).astype(jnp.int32),

@@ -57,6 +57,7 @@ def check_config(config, mesh):
   models.build(config.model.name, 2, dtype=steps.compute_dtype(config.model.dtype),
                **config.model.kwargs)
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
+  steps.check_augment(config)
   datasets.synthetic_spec(config.dataset)
   parallel.check_batch_size(config.train.batch_size, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")

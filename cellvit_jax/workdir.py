@@ -13,6 +13,10 @@ import jax
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
                      "dataset.data_dir", "dataset.cache", "train.max_steps_per_run"}
+# Keys added to the config after runs had been written, with the value their absence
+# meant: a config.json without them resumes under a config holding these values.
+ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
+              "augment.blur.sigma_max": 1.5}
 
 
 def _flatten(d, prefix=""):
@@ -28,6 +32,7 @@ def _flatten(d, prefix=""):
 
 def config_differences(old: dict, new: dict) -> list:
   a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+  a = {**{k: v for k, v in ADDED_KEYS.items() if k not in a}, **a}
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 

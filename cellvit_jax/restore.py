@@ -1,0 +1,148 @@
+"""A finished training run, loaded back from its workdir: `load_run(workdir) -> Run`.
+
+Used by every mode that evaluates a trained model (blur robustness, predict).  What a
+caller may rely on, whatever the model family (the FM path will return the same shape):
+
+  run.native_size     the dataset's patch size (40)
+  run.input_size      the side the model takes; native_size for task-specific models,
+                      224 for the FMs, which resize their input
+  run.resize(x)       float (B, native, native, C) -> (B, input, input, C), jnp, traceable
+  run.forward(state, x)   float [0, 1] images at input_size -> float32 logits, jnp,
+                      traceable (normalisation and model, eval mode); `state` is
+                      `run.state`, passed in so a jitted caller takes it as an argument
+  run.logits(images)  uint8 (B, native, native, 3) -> logits (jitted once per shape)
+  run.config, run.dataset, run.model, run.state, run.step, run.mesh, run.workdir
+
+The config comes from workdir/config.json laid over today's defaults (so runs written
+before a config field existed still load, with that field at its default), the state
+from the latest orbax checkpoint.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+
+from cellvit_jax import checkpoint, default_config, models, parallel, steps, train_length
+from cellvit_jax.data import datasets, flaglimit
+from cellvit_jax.ops import normalize
+
+
+@dataclasses.dataclass
+class Run:
+  workdir: str
+  config: ml_collections.ConfigDict
+  dataset: datasets.CellDataset
+  model: Any
+  state: Any
+  step: int
+  total_steps: int
+  mesh: jax.sharding.Mesh
+  input_size: int = 0          # 0: the dataset's patch size (no resize)
+  _logits_fn: Any = dataclasses.field(default=None, repr=False)
+
+  def __post_init__(self):
+    if not self.input_size:
+      self.input_size = self.native_size
+
+  @property
+  def native_size(self) -> int:
+    return self.dataset.image_size
+
+  def resize(self, images):
+    """Native patches -> the model's input size (bilinear); the identity when they agree."""
+    if self.input_size == images.shape[1] == images.shape[2]:
+      return images
+    shape = (images.shape[0], self.input_size, self.input_size, images.shape[3])
+    return jax.image.resize(images, shape, method="bilinear")
+
+  def forward(self, state, images01):
+    return steps.eval_logits(self.model, self.config, state, images01)
+
+  def logits(self, images):
+    """uint8 (B, H, W, 3) patches -> float32 logits (B, num_classes)."""
+    if self._logits_fn is None:
+      self._logits_fn = jax.jit(
+          lambda state, x: self.forward(state, self.resize(normalize.to_float(x))))
+    return self._logits_fn(self.state, images)
+
+
+def _not_a_run(workdir: str, why: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"{workdir} holds no finished training run ({why}); train first, e.g. python -m "
+      f"cellvit_jax.main --config=configs/customvit.py --workdir={workdir}")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """workdir/config.json over the current defaults (fields added since keep their default)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise _not_a_run(workdir, "no config.json")
+  with open(path) as f:
+    stored = json.load(f)
+  config = default_config.get_config()
+  config.unlock()
+
+  def merge(node, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      elif isinstance(value, dict):
+        node[key] = ml_collections.ConfigDict(value)
+      else:
+        node[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, stored)
+  return config
+
+
+def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: bool = False,
+             mesh=None) -> Run:
+  """Loads the run in `workdir`: config, dataset, model and its latest checkpointed state.
+
+  Raises FileNotFoundError naming the workdir when it holds no finished run (no
+  config.json, no checkpoint, or a checkpoint short of the run's last step unless
+  `allow_unfinished`).  `data_dir` overrides the run's config.dataset.data_dir (a run
+  moved to another machine).
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(workdir):
+    raise _not_a_run(workdir, "the directory does not exist")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):  # checked first: the Checkpointer would create it
+    raise _not_a_run(workdir, "no checkpoints/")
+  config = load_config(workdir)
+  if data_dir is not None:
+    config.dataset.data_dir = data_dir
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+
+  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
+                                  synthetic=datasets.synthetic_spec(config.dataset),
+                                  log=lambda *a: None)
+  # The optimiser exactly as training built it, so the checkpoint's tree matches.
+  subset = flaglimit.select(dataset.labels(config.dataset.train_split), config.dataset.flaglimit,
+                            config.seed)
+  total, per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
+  tx, _ = steps.make_optimizer(config, total, per_epoch)
+  model = models.build(config.model.name, dataset.num_classes,
+                       dtype=steps.compute_dtype(config.model.dtype), **config.model.kwargs)
+
+  ckpt = checkpoint.Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise _not_a_run(workdir, "checkpoints/ is empty")
+    if step < total and not allow_unfinished:
+      raise _not_a_run(workdir, f"its latest checkpoint is step {step} of {total}; rerun the "
+                       "training command to finish it")
+    rep = parallel.replicated(mesh)
+    abstract = jax.eval_shape(
+        lambda rng: steps.create_state(rng, model, tx, dataset.image_size, mesh), jax.random.key(0))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+    state = ckpt.restore(abstract, None, step=step)
+  finally:
+    ckpt.close()
+  return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
+             step=int(step), total_steps=total, mesh=mesh)
