@@ -180,8 +180,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                   range(len(dataset.labels(config.dataset.test_split))))
   test = evaluate(eval_step, state, test_images, test_labels, config.train.eval_batch_size, mesh,
                   dataset.class_names)
-  val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
-                 dataset.class_names)
   writer.write(total, "test", {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
   writer.close()
   ckpt.close()

@@ -42,6 +42,7 @@ def write_json(workdir: str, name: str, obj) -> str:
   fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=workdir)
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=2, default=str)
+  os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
   os.replace(tmp, path)
   return path
 

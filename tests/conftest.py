@@ -21,6 +21,20 @@ def tiny_data_dir(tmp_path_factory):
   return data_dir
 
 
+# The tiny run that learns (about 60% test accuracy): 30 epochs of 16 steps.
+TRAINED_RUN = {"train.epochs": 30.0, "train.log_every_steps": 16, "train.eval_every_epochs": 10.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tiny_data_dir, tmp_path_factory):
+  """Workdir of a finished tiny CustomViT run, trained once per session and shared."""
+  from cellvit_jax import train
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  results = train.train_and_evaluate(tiny_config(tiny_data_dir, **TRAINED_RUN), workdir)
+  assert results["finished"]
+  return workdir
+
+
 def tiny_overrides(data_dir, **extra):
   """Command-line overrides for a fast run on the tiny dataset with a tiny CustomViT."""
   o = {

@@ -27,12 +27,8 @@ def _blur_config(run_dir, **blur):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("blur") / "run")
-  config = tiny_config(tiny_data_dir, **{"train.epochs": 0.0, "train.steps": 16})
-  results = train.train_and_evaluate(config, workdir)
-  assert results["finished"]
-  return workdir
+def trained_run(tiny_trained_run):
+  return tiny_trained_run
 
 
 # --- training augmentation -------------------------------------------------------------
@@ -80,7 +76,7 @@ def test_bad_blur_aug_config_is_refused_before_writing(tiny_data_dir, tmp_path):
 
 def test_load_run_restores_the_final_state(trained_run):
   run = restore.load_run(trained_run)
-  assert run.step == run.total_steps == 16
+  assert run.step == run.total_steps == 480
   assert run.input_size == run.native_size == 40
   assert run.config.augment.blur.prob == 0.0
   with open(os.path.join(trained_run, "results.json")) as f:
@@ -193,7 +189,7 @@ def test_post_resize_differs_and_scales_sigma(trained_run, tmp_path):
   assert [r["kernel_radius"] for r in post] == [0, 6, 12]
   assert pre[0]["relative_accuracy"] == post[0]["relative_accuracy"] == 1.0
   assert pre[0]["loss"] == pytest.approx(post[0]["loss"], rel=1e-6)  # sigma 0: same computation
-  assert any(abs(a["loss"] - b["loss"]) > 1e-6 for a, b in zip(pre[1:], post[1:]))
+  assert any(abs(a["loss"] - b["loss"]) > 1e-6 for a, b in zip(pre[1:], post[1:])), (pre, post)
   path = str(tmp_path / "blur.png")
   blur_study.plot(result, path)
   assert "post_resize:" in blur_study.table(result)
