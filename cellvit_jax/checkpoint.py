@@ -11,6 +11,18 @@ import orbax.checkpoint as ocp
 import grain
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, quota, permissions)."""
+
+
+def _write_error(directory, step, e):
+  detail = " ".join(str(e).split())[:300]
+  return CheckpointWriteError(
+      f"could not write the checkpoint{f' of step {step}' if step is not None else ''} to "
+      f"{directory} ({detail}); free disk space or pass another --workdir. Earlier complete "
+      "checkpoints are kept and a rerun resumes from the latest of them.")
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
@@ -27,7 +39,10 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_dict)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+    except Exception as e:  # also surfaces the failure of an earlier asynchronous save
+      raise _write_error(self.directory, step, e) from e
 
   def restore(self, abstract_state, data_iterator, step: Optional[int] = None):
     """Restores the state (shaped and sharded like `abstract_state`) and, in place, the
@@ -40,8 +55,11 @@ class Checkpointer:
     return restored["state"]
 
   def wait(self):
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise _write_error(self.directory, None, e) from e
 
   def close(self):
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()

@@ -120,10 +120,14 @@ def main(argv):
   quiet_library_logs()
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileExistsError, FileNotFoundError, PermissionError, FloatingPointError) as e:
-    # Bad input: one line naming the input and the fix, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (ValueError, OSError, FloatingPointError) as e:
+    # Bad input: one line naming the input and the fix, no traceback, and the last line
+    # printed: os._exit skips the interpreter shutdown where orbax's background threads
+    # would report the same failure again (every file we write is already atomic).
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def check_config(config, mesh):
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
   datasets.synthetic_spec(config.dataset)
+  datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
 
@@ -121,7 +122,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_every = train_length.every(config.train.eval_every_epochs, steps_per_epoch)
   ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
-  pending, timed_steps, timed_seconds, t_mark = [], 0, 0.0, None
+  pending, timed_steps, timed_seconds, t_mark, val = [], 0, 0.0, None, None
   end = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run > 0 else total
   bar = _progress(total, start, config)
   with preemption.PreemptionWatch() as watch:
@@ -180,6 +181,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                   range(len(dataset.labels(config.dataset.test_split))))
   test = evaluate(eval_step, state, test_images, test_labels, config.train.eval_batch_size, mesh,
                   dataset.class_names)
+  if val is None:  # resumed at the last step: no evaluation ran in this invocation
+    val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
+                   dataset.class_names)
   writer.write(total, "test", {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
   writer.close()
   ckpt.close()

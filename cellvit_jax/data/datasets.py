@@ -92,30 +92,35 @@ def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpe
             "recipe_version": synthetic_cells.RECIPE_VERSION})
 
 
-def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) -> CellDataset:
-  """Opens dataset `name`; builds it first if it is a synthetic_cells dataset not yet on disk."""
+def check_available(name: str, data_dir: str = "") -> bool:
+  """Raises unless `name` is on disk or can be built here; returns whether it is synthetic."""
   data_dir = resolve_data_dir(data_dir)
   if not name:
     raise ValueError("config.dataset.name is empty; use 'synthetic_cells' or a dataset built "
                      "with python -m data_prep.build")
   if os.path.isfile(os.path.join(data_dir, name)) or os.path.isfile(data_dir):
     raise ValueError(f"dataset path {os.path.join(data_dir, name)!r} is a file, not a dataset folder")
+  if name.startswith(SYNTHETIC) or tfds_writer.exists(data_dir, name):
+    return name.startswith(SYNTHETIC)
+  available = sorted(d for d in os.listdir(data_dir)
+                     if tfds_writer.exists(data_dir, d)) if os.path.isdir(data_dir) else []
+  raise ValueError(
+      f"unknown dataset {name!r} in {data_dir}; available: {available or 'none'} "
+      f"(plus '{SYNTHETIC}', built on first use). Build one with "
+      f"python -m data_prep.build --source=folder --input=... --name={name}, or set "
+      "config.dataset.data_dir / $CELLVIT_DATA to where it lives.")
+
+
+def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) -> CellDataset:
+  """Opens dataset `name`; builds it first if it is a synthetic_cells dataset not yet on disk."""
+  data_dir = resolve_data_dir(data_dir)
   path = tfds_writer.dataset_dir(data_dir, name)
-  is_synthetic = name.startswith(SYNTHETIC)
+  is_synthetic = check_available(name, data_dir)
   if not tfds_writer.exists(data_dir, name):
-    if is_synthetic:
-      spec = synthetic or synthetic_cells.SyntheticSpec()
-      log(f"Building {name} ({spec.num_specimens} specimens x {spec.cells_per_specimen} cells) "
-          f"in {data_dir}; this happens once.")
-      build_synthetic(data_dir, name, spec)
-    else:
-      available = sorted(d for d in os.listdir(data_dir)
-                         if tfds_writer.exists(data_dir, d)) if os.path.isdir(data_dir) else []
-      raise ValueError(
-          f"unknown dataset {name!r} in {data_dir}; available: {available or 'none'} "
-          f"(plus '{SYNTHETIC}', built on first use). Build one with "
-          f"python -m data_prep.build --source=folder --input=... --name={name}, or set "
-          "config.dataset.data_dir / $CELLVIT_DATA to where it lives.")
+    spec = synthetic or synthetic_cells.SyntheticSpec()
+    log(f"Building {name} ({spec.num_specimens} specimens x {spec.cells_per_specimen} cells) "
+        f"in {data_dir}; this happens once.")
+    build_synthetic(data_dir, name, spec)
   with open(os.path.join(path, tfds_writer.META_FILE)) as f:
     meta = json.load(f)
   if is_synthetic and meta["info"].get("recipe_version") != synthetic_cells.RECIPE_VERSION:

@@ -70,8 +70,12 @@ def _make_builder_class(name: str):
       return {split: self._generate_examples(split) for split in self._splits}
 
     def _generate_examples(self, split):
+      i = -1
       for i, example in enumerate(self._splits[split]):
         yield i, example
+      if i < 0:  # TFDS would fail later with a bare assertion
+        raise ValueError(f"split {split!r} of dataset {name!r} is empty; adjust the split "
+                         "fractions or add data")
 
   _CellPatches.name = name
   return _CellPatches
