@@ -16,7 +16,7 @@ def get_config():
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "synthetic_cells"
   config.dataset.data_dir = ""          # "" -> $CELLVIT_DATA, else ~/tensorflow_datasets
-  config.dataset.flaglimit = 512        # at most this many training samples per class
+  config.dataset.flaglimit = 1024       # at most this many training samples per class
   config.dataset.cache = False          # hold the selected uint8 training subset in memory
   config.dataset.train_split = "train"
   config.dataset.eval_split = "val"
@@ -63,11 +63,11 @@ def get_config():
   config.train.eval_batch_size = 256
   # Training length: exactly one of epochs / steps / examples is used, in that order of
   # precedence among the ones that are > 0 (see train_length.py).
-  config.train.epochs = 12.0
+  config.train.epochs = 15.0
   config.train.steps = 0
   config.train.examples = 0
   config.train.log_every_steps = 20
-  config.train.eval_every_epochs = 1.0
+  config.train.eval_every_epochs = 5.0  # validation costs a pass over the val split
   config.train.checkpoint_every_epochs = 1.0
   config.train.keep_checkpoints = 2
   config.train.progress_bar = True      # tqdm, only when stderr is a terminal

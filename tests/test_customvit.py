@@ -8,7 +8,7 @@ from cellvit_jax import models
 from cellvit_jax.models import customvit
 
 # Default configs/customvit.py architecture, 4 classes (README model table).
-CUSTOMVIT_PARAMS = 1_812_100
+CUSTOMVIT_PARAMS = 314_116
 
 
 def _params(model):
