@@ -1,0 +1,145 @@
+"""Inference cost of a model: parameters, GFLOPs per image, images/s at chosen batch sizes.
+
+    python -m cellvit_jax.experiments.cost                       # every shipped model config
+    python -m cellvit_jax.experiments.cost --configs=configs/customvit.py,configs/resnet18.py \
+        --batch_sizes=1,256 --output=cost.json --markdown=cost.md
+
+GFLOPs come from XLA's cost analysis of the compiled inference function (uint8 patches ->
+float -> resize to the model's input if it differs -> normalise -> model, eval mode) at
+the largest batch size, divided by that batch: what the device actually runs, not a
+hand count. Images/s is wall time of that same compiled function on the current device,
+timed after a warm-up call, for at least `min_seconds` per batch size. These figures feed
+the study's cost table; they are measurements of this machine, so compare them only
+with figures from the same device.
+"""
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cellvit_jax import models, steps
+from cellvit_jax.ops import normalize
+
+NATIVE_SIZE = 40  # the study's patch side; the FMs resize it to their own input
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled function from XLA's cost analysis (dict or one-element list)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def measure_forward(forward: Callable, variables, *, batch_sizes: Sequence[int] = (1, 256),
+                    native_size: int = NATIVE_SIZE, min_seconds: float = 1.0,
+                    seed: int = 0) -> dict:
+  """Times `forward(variables, uint8 images) -> logits` at each batch size.
+
+  Returns {"gflops_per_image", "images_per_sec": {str(batch): float}, "device"}.
+  """
+  if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+    raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
+  fn = jax.jit(forward)
+  rng = np.random.default_rng(seed)
+  out = {"images_per_sec": {}}
+  for b in sorted({int(b) for b in batch_sizes}):
+    images = jnp.asarray(rng.integers(0, 256, (b, native_size, native_size, 3), dtype=np.uint8))
+    compiled = fn.lower(variables, images).compile()
+    out["gflops_per_image"] = xla_flops(compiled) / b / 1e9  # the largest batch wins
+    jax.block_until_ready(compiled(variables, images))       # warm-up
+    calls, start = 0, time.perf_counter()
+    while True:
+      jax.block_until_ready(compiled(variables, images))
+      calls += 1
+      elapsed = time.perf_counter() - start
+      if elapsed >= min_seconds and calls >= 2:
+        break
+    out["images_per_sec"][str(b)] = calls * b / elapsed
+  out["device"] = jax.devices()[0].device_kind
+  return out
+
+
+def model_forward(model, config, input_size: int):
+  """uint8 native patches -> logits, the way evaluation runs the model."""
+  def forward(variables, images):
+    x = normalize.to_float(images)
+    if x.shape[1] != input_size:
+      x = jax.image.resize(x, (x.shape[0], input_size, input_size, x.shape[3]), "bilinear")
+    x = normalize.normalize(x, config.normalize.mean, config.normalize.std)
+    return model.apply(variables, x, train=False).astype(jnp.float32)
+  return forward
+
+
+def config_cost(config, *, num_classes: int = 4, batch_sizes: Sequence[int] = (1, 256),
+                min_seconds: float = 1.0) -> dict:
+  """Cost of the registry model a training config describes, at 40x40 input."""
+  model = models.build(config.model.name, num_classes, dtype=steps.compute_dtype(config.model.dtype),
+                       **config.model.kwargs)
+  dummy = jnp.zeros((1, NATIVE_SIZE, NATIVE_SIZE, 3), jnp.float32)
+  variables = jax.jit(lambda rng: model.init({"params": rng, "dropout": rng}, dummy, train=False))(
+      jax.random.key(0))
+  row = {
+      "model": config.model.name,
+      "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
+      "input_size": NATIVE_SIZE,
+      "dtype": config.model.dtype,
+  }
+  row.update(measure_forward(model_forward(model, config, NATIVE_SIZE), variables,
+                             batch_sizes=batch_sizes, min_seconds=min_seconds))
+  return row
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  sizes = sorted({b for r in rows for b in r["images_per_sec"]}, key=int)
+  head = ["model", "parameters", "input", "GFLOPs/image"] + [f"images/s @{b}" for b in sizes]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["model"], f"{r['params'] / 1e6:.2f} M", f"{r['input_size']}x{r['input_size']}",
+             f"{r['gflops_per_image']:.3f}"]
+    cells += [f"{r['images_per_sec'][b]:.0f}" if b in r["images_per_sec"] else "" for b in sizes]
+    lines.append("| " + " | ".join(cells) + " |")
+  device = rows[0]["device"] if rows else "?"
+  return "\n".join(lines) + f"\n\nDevice: {device} ({jax.device_count()} device(s)).\n"
+
+
+MODEL_CONFIGS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
+                 "convnext_tiny", "vit_small", "swin_tiny")
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  from cellvit_jax import main as cellvit_main
+  f = flags.FLAGS
+  specs = f.configs or [os.path.join("configs", f"{n}.py") for n in MODEL_CONFIGS]
+  rows = []
+  for spec in specs:
+    if not os.path.isfile(spec.partition(":")[0]):
+      raise SystemExit(f"error: config file {spec!r} not found (--configs takes configs/*.py paths)")
+    row = config_cost(cellvit_main.load_config_file(spec),
+                      batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  table = markdown_table(rows)
+  print("\n" + table)
+  if f.output:
+    with open(f.output, "w") as fh:
+      json.dump(rows, fh, indent=1)
+  if f.markdown:
+    with open(f.markdown, "w") as fh:
+      fh.write(table)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_list("configs", [], "Config files (default: the eight model configs).")
+  flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes to time.")
+  flags.DEFINE_float("min_seconds", 2.0, "Minimum timed seconds per batch size.")
+  flags.DEFINE_string("output", "", "Write the rows as JSON here.")
+  flags.DEFINE_string("markdown", "", "Write the Markdown table here.")
+  app.run(main)

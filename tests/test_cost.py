@@ -1,0 +1,29 @@
+"""experiments.cost: XLA FLOPs per image, parameter count and timing rows."""
+import pytest
+
+from cellvit_jax import default_config
+from cellvit_jax.experiments import cost
+
+
+def _config(depth):
+  config = default_config.get_config()
+  config.model.kwargs.update(dict(dim=32, depth=depth, num_heads=2, patch_size=8))
+  return config
+
+
+def test_flops_grow_with_depth_and_rows_are_complete():
+  shallow = cost.config_cost(_config(1), batch_sizes=(1, 4), min_seconds=0.0)
+  deep = cost.config_cost(_config(3), batch_sizes=(1, 4), min_seconds=0.0)
+  assert shallow["gflops_per_image"] > 0
+  assert set(deep["images_per_sec"]) == {"1", "4"}
+  assert all(v > 0 for v in deep["images_per_sec"].values())
+  assert deep["params"] > shallow["params"]
+  # Two more identical blocks: FLOPs rise by a clear step, but less than 3x (stem and head stay).
+  assert 1.5 < deep["gflops_per_image"] / shallow["gflops_per_image"] < 3.0
+  table = cost.markdown_table([shallow, deep])
+  assert "GFLOPs/image" in table and "images/s @4" in table
+
+
+def test_bad_batch_sizes_are_named():
+  with pytest.raises(ValueError, match="batch_sizes"):
+    cost.config_cost(_config(1), batch_sizes=(0,))
