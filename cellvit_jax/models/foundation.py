@@ -160,6 +160,23 @@ def layer_decay_scales(params, num_layers: int, decay: float):
       lambda path, _: decay ** (num_layers + 1 - layer_index(path, num_layers)), params)
 
 
+def layer_decay_transform(config):
+  """optax transformation scaling each update by its layer's factor (config.fm.layer_decay)."""
+  import optax
+  decay = float(config.fm.layer_decay)
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"config.fm.layer_decay={decay} must be in (0, 1]; 1 disables layer-wise "
+                     "decay, 0.75 is a usual ViT fine-tuning value")
+  num_layers = int(checkpoint_of(config).hf_config.num_hidden_layers)
+
+  def update(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, num_layers, decay)
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 # --- tiny random checkpoints in the published formats ----------------------------------------
 
 def _perturbed(params, seed):
