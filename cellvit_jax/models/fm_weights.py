@@ -123,12 +123,13 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
         raw = json.load(f)
     except ValueError as e:
       raise ValueError(f"{config_path!r} is not valid JSON ({e}); download it again") from None
+  # The header is read (and the file's length checked) now, before any run writes a file.
+  header = safetensors_header(path) if fmt == "safetensors" else None
   timm = "model_type" not in raw
   if timm:  # a timm checkpoint: architecture from its tensor shapes
     if fmt != "safetensors":
       raise ValueError(f"config.fm.weights={directory!r} has no config.json with a model_type and "
                        "no model.safetensors; cannot tell the architecture")
-    header = safetensors_header(path)
     if not convert.looks_like_timm(header):
       raise ValueError(f"config.fm.weights={directory!r}: config.json has no model_type and "
                        f"{os.path.basename(path)} is not a timm ViT state dict; point it at the "
