@@ -152,3 +152,24 @@ def test_tiny_writer_config_is_the_published_layout(weights):
     assert json.load(f)["model_args"]["init_values"] == 1e-5  # timm's hub config
   keys = fm_weights.safetensors_header(os.path.join(weights["plip"], "model.safetensors"))
   assert "vision_model.embeddings.class_embedding" in keys and "visual_projection.weight" in keys
+
+
+def test_runs_recorded_before_config_fm_still_resume():
+  from cellvit_jax import default_config
+  from cellvit_jax import workdir as workdir_lib
+  new = default_config.get_config().to_dict()
+  old = json.loads(json.dumps(new))
+  del old["fm"]
+  assert workdir_lib.config_differences(old, new) == []
+  new["fm"]["preset"] = "uni"
+  assert workdir_lib.config_differences(old, new) == ["fm.preset"]
+
+
+def test_importing_the_library_does_not_import_transformers():
+  code = ("import sys; import cellvit_jax.main, cellvit_jax.train, cellvit_jax.restore, "
+          "cellvit_jax.probe, cellvit_jax.models, cellvit_jax.models.foundation; "
+          "from cellvit_jax import models; models.get_class('customvit'); "
+          "print('transformers' in sys.modules, 'torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+  assert out.stdout.split() == ["False", "False"], out.stderr[-1000:]

@@ -127,8 +127,7 @@ def build(config, num_classes: int) -> FoundationModel:
 def backbone_abstract(model: FoundationModel) -> dict:
   """Shapes of the backbone's params, without allocating them."""
   dummy = jnp.zeros((1, model.input_size, model.input_size, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
-  return jax.tree.map(lambda s: s, shapes["params"]["backbone"])
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))["params"]["backbone"]
 
 
 def pretrained_backbone(config, model: FoundationModel) -> dict:
