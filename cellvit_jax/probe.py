@@ -28,15 +28,16 @@ HEAD_FILE = "probe_head.npz"
 def feature_extractor(model, params, mesh, batch_size: int):
   """`images uint8 (N, H, W, 3) -> float32 features (N, D)`, in fixed-shape sharded batches."""
   rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, normalize.to_float(x)),
-               in_shardings=(rep, data), out_shardings=rep)
+  fn = jax.jit(lambda p, x, mask: (model.apply({"params": p}, normalize.to_float(x)), mask),
+               in_shardings=(rep, data, data), out_shardings=rep)
 
   def extract(images):
     out = []
     labels = np.zeros(len(images), np.int32)
     for batch in pipeline.eval_batches(images, labels, batch_size):
-      f = fn(params, parallel.shard_batch({"image": batch["image"]}, mesh)["image"])
-      out.append(np.asarray(jax.device_get(f))[:int(batch["mask"].sum())])
+      b = parallel.shard_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
+      f, mask = jax.device_get(fn(params, b["image"], b["mask"]))
+      out.append(np.asarray(f)[np.asarray(mask)])  # the global mask: right on every host
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
   return extract
