@@ -128,7 +128,7 @@ def test_uni_timm_checkpoint_matches_timm_forward_and_converted_dinov2(tmp_path,
 def test_converter_reads_a_pytorch_pickle_and_defaults_heads_to_width_64(tmp_path):
   timm_dir = foundation.write_tiny("uni", str(tmp_path / "t"), hidden=128, heads=2)
   state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(tmp_path / "uni.bin"))
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, str(tmp_path / "uni.bin"))
   arch = convert.convert("timm", str(tmp_path / "uni.bin"), str(tmp_path / "out"))
   assert arch["num_attention_heads"] == 2  # 128 / 64
   assert os.path.isfile(tmp_path / "out" / "model.safetensors")

@@ -220,18 +220,20 @@ def write_tiny(preset_name: str, output: str, *, hidden=32, depth=2, heads=2, im
   common = dict(hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads,
                 intermediate_size=4 * hidden, image_size=image_size, patch_size=patch_size)
   if preset.family == "vit":
-    hf = transformers.ViTConfig(**common, architectures=["ViTModel"])
-    vision, prefix, saved = hf, "", hf.to_dict()
+    vision = transformers.ViTConfig(**common, architectures=["ViTModel"])
+    saved = vision.to_dict()
   else:
     text = dict(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
                 intermediate_size=2 * hidden, vocab_size=64, max_position_embeddings=16)
     full = transformers.CLIPConfig(vision_config=common, text_config=text, projection_dim=hidden,
                                    architectures=["CLIPModel"])
-    vision, prefix, saved = full.vision_config, "", full.to_dict()
+    vision, saved = full.vision_config, full.to_dict()
   module = backbone_class(preset.family)(vision, jnp.float32, None)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = _perturbed(module.init(jax.random.key(seed), dummy)["params"], seed)
-  tensors = fm_weights.to_pytorch_names(params, prefix)
+  # Flax names -> PyTorch names; CLIP's vision tower is already under 'vision_model', as in
+  # a CLIPModel state dict.
+  tensors = fm_weights.to_pytorch_names(params)
   if preset.family == "clip":  # the rest of a CLIPModel's image side
     rng = np.random.default_rng(seed + 1)
     tensors["visual_projection.weight"] = (0.05 * rng.standard_normal((hidden, hidden))).astype(np.float32)
