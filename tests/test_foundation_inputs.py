@@ -111,7 +111,7 @@ def test_bad_fm_options_and_presets(weights):
 
 def test_converter_refuses_unsupported_timm_layouts(weights, tmp_path):
   state = fm_weights.read_safetensors(os.path.join(weights["uni"], "model.safetensors"))
-  with pytest.raises(ValueError, match="register tokens or a SwiGLU MLP"):
+  with pytest.raises(ValueError, match="register tokens or an unpacked SwiGLU MLP"):
     convert.timm_to_dinov2({**state, "reg_token": np.zeros((1, 4, 32), np.float32)})
   with pytest.raises(ValueError, match=r"--num_heads=5 does not divide the checkpoint's hidden size 32"):
     convert.timm_to_dinov2(state, num_heads=5)

@@ -4,6 +4,7 @@ cellvit_jax (weights loader -> FoundationModel, feature only) and through transf
 PyTorch ViTModel / Dinov2Model / CLIPVisionModel; for `uni`, also through a plain-torch
 re-implementation of timm's VisionTransformer forward on the original timm state dict
 (timm itself is not a dependency).  Features must agree to 1e-4."""
+import json
 import os
 
 import jax.numpy as jnp
@@ -62,8 +63,13 @@ def timm_vit_forward(sd, x, num_heads, eps=1e-6):
     h = F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), p("attn.proj.weight"), p("attn.proj.bias"))
     x = x + p("ls1.gamma") * h
     h = F.layer_norm(x, (d,), p("norm2.weight"), p("norm2.bias"), eps)
-    h = F.linear(F.gelu(F.linear(h, p("mlp.fc1.weight"), p("mlp.fc1.bias"))),
-                 p("mlp.fc2.weight"), p("mlp.fc2.bias"))
+    h = F.linear(h, p("mlp.fc1.weight"), p("mlp.fc1.bias"))
+    if h.shape[-1] == 2 * p("mlp.fc2.weight").shape[1]:  # SwiGLUPacked: GluMlp, SiLU, gate first
+      x1, x2 = h.chunk(2, dim=-1)
+      h = F.silu(x1) * x2
+    else:
+      h = F.gelu(h)
+    h = F.linear(h, p("mlp.fc2.weight"), p("mlp.fc2.bias"))
     x = x + p("ls2.gamma") * h
   x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps)
   return x[:, 0]
@@ -132,3 +138,27 @@ def test_converter_reads_a_pytorch_pickle_and_defaults_heads_to_width_64(tmp_pat
   arch = convert.convert("timm", str(tmp_path / "uni.bin"), str(tmp_path / "out"))
   assert arch["num_attention_heads"] == 2  # 128 / 64
   assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+def test_timm_vit_with_packed_swiglu_mlp_converts_exactly(tmp_path, images):
+  """A Virchow-style timm ViT (SwiGLUPacked MLP) -> Dinov2Model with use_swiglu_ffn."""
+  from transformers import Dinov2Model
+  timm_dir = foundation.write_tiny("uni", str(tmp_path / "swiglu"))
+  path = os.path.join(timm_dir, "model.safetensors")
+  state = fm_weights.read_safetensors(path)
+  rng = np.random.default_rng(3)
+  for i in range(2):  # hidden 32, SwiGLU width 64: fc1 (128, 32), fc2 (32, 64)
+    state[f"blocks.{i}.mlp.fc1.weight"] = (0.05 * rng.standard_normal((128, 32))).astype(np.float32)
+    state[f"blocks.{i}.mlp.fc1.bias"] = (0.05 * rng.standard_normal(128)).astype(np.float32)
+    state[f"blocks.{i}.mlp.fc2.weight"] = (0.05 * rng.standard_normal((32, 64))).astype(np.float32)
+  convert.write_hf_dir(timm_dir, json.load(open(os.path.join(timm_dir, "config.json"))), state)
+  with torch.no_grad():
+    expected = timm_vit_forward(state, _pixels("uni", images), num_heads=2).numpy()
+  np.testing.assert_allclose(_ours("uni", timm_dir, images), expected, atol=TOL, rtol=0)
+  hf_dir = str(tmp_path / "swiglu_hf")
+  arch = convert.convert("timm", timm_dir, hf_dir, num_heads=2)
+  assert arch["use_swiglu_ffn"] and arch["mlp_ratio"] == 3.0
+  ref = Dinov2Model.from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    pooled = ref(pixel_values=_pixels("uni", images)).pooler_output.numpy()
+  np.testing.assert_allclose(pooled, expected, atol=TOL, rtol=0)

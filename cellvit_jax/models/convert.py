@@ -6,7 +6,8 @@ UNI (and other timm ViTs of the same layout) is published as a timm state dict; 
 transformers class with the same computation is Dinov2Model (LayerScale, fused-free qkv,
 GELU MLP, pre-norm blocks, final norm).  The architecture is read from the tensors
 themselves: width and depth from the block weights, patch and image size from the patch
-embedding and the position table; heads are hidden / 64 (the standard head width) unless
+embedding and the position table, the MLP (plain GELU, or timm's packed SwiGLU as in
+Virchow) from fc1/fc2; heads are hidden / 64 (the standard head width) unless
 --num_heads says otherwise.  The output directory holds config.json and model.safetensors
 with Dinov2Model's PyTorch key names, so transformers' Dinov2Model and our Flax path both
 read it.  `config.fm.weights` may also point straight at a timm directory: the loader
@@ -37,7 +38,16 @@ def _need(state, key, what):
     raise ValueError(f"timm checkpoint {what} has no tensor {key!r}; expected a timm "
                      "VisionTransformer state dict (patch_embed.proj.weight, cls_token, pos_embed, "
                      "blocks.N.*, norm.*)")
-  return np.asarray(state[key])
+  return state[key]  # an array, or (from a header) anything with a .shape
+
+
+def _swiglu_ratio(hidden: int, width: int) -> float:
+  """The Dinov2Config.mlp_ratio whose SwiGLU width formula gives `width`, if there is one."""
+  ratio = 1.5 * width / hidden
+  if (int(int(hidden * ratio) * 2 / 3) + 7) // 8 * 8 != width:
+    raise ValueError(f"SwiGLU MLP width {width} (hidden {hidden}) is not one Dinov2Model's "
+                     "width formula (a multiple of 8) can express")
+  return ratio
 
 
 def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
@@ -45,8 +55,9 @@ def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
   unsupported = [k for k in ("reg_token", "blocks.0.mlp.w12.weight", "blocks.0.mlp.fc1_g.weight")
                  if k in state]
   if unsupported:
-    raise ValueError(f"timm checkpoint {what} has {unsupported[0]!r} (register tokens or a "
-                     "SwiGLU MLP); only the plain ViT layout (UNI's) converts to Dinov2Model")
+    raise ValueError(f"timm checkpoint {what} has {unsupported[0]!r} (register tokens or an "
+                     "unpacked SwiGLU MLP); only the plain ViT layout (UNI's) and the packed "
+                     "SwiGLU MLP (timm SwiGLUPacked) convert to Dinov2Model")
   proj = _need(state, "patch_embed.proj.weight", what)
   hidden, channels, patch, patch_w = proj.shape
   depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -57,18 +68,29 @@ def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
                      f"{patch}x{patch_w}; expected 1 class position + a square grid of square "
                      "patches (no_embed_class checkpoints are not supported)")
   mlp = _need(state, "blocks.0.mlp.fc1.weight", what).shape[0]
-  if mlp % hidden:
+  inner = _need(state, "blocks.0.mlp.fc2.weight", what).shape[1]
+  # timm's SwiGLUPacked (GluMlp, SiLU, gate first): fc1 makes 2 x the width fc2 reads, and
+  # computes silu(x1) * x2 -- Dinov2's SwiGLU FFN (weights_in / weights_out).
+  swiglu = mlp == 2 * inner
+  if swiglu:
+    try:
+      ratio = _swiglu_ratio(int(hidden), int(inner))
+    except ValueError as e:
+      raise ValueError(f"timm checkpoint {what}: {e}") from None
+  elif mlp % hidden:
     raise ValueError(f"timm checkpoint {what}: MLP width {mlp} is not a multiple of the hidden "
                      f"size {hidden}; Dinov2Model needs an integer mlp_ratio")
+  else:
+    ratio = mlp // hidden
   heads = num_heads or hidden // HEAD_WIDTH
   if heads < 1 or hidden % heads:
     raise ValueError(f"--num_heads={heads} does not divide the checkpoint's hidden size {hidden}; "
                      f"pass --num_heads (a divisor of {hidden})")
   return dict(model_type="dinov2", hidden_size=int(hidden), num_hidden_layers=depth,
-              num_attention_heads=int(heads), mlp_ratio=mlp // hidden, image_size=side * patch,
+              num_attention_heads=int(heads), mlp_ratio=ratio, image_size=side * patch,
               patch_size=int(patch), num_channels=int(channels), layer_norm_eps=1e-6,
               layerscale_value=1.0, hidden_act="gelu", qkv_bias="blocks.0.attn.qkv.bias" in state,
-              use_swiglu_ffn=False, drop_path_rate=0.0, hidden_dropout_prob=0.0,
+              use_swiglu_ffn=swiglu, drop_path_rate=0.0, hidden_dropout_prob=0.0,
               attention_probs_dropout_prob=0.0, architectures=["Dinov2Model"])
 
 
@@ -90,8 +112,9 @@ def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
     for j, name in enumerate(("query", "key", "value")):
       out[h + f"attention.attention.{name}.weight"] = f32(qkv_w[j * d:(j + 1) * d])
       out[h + f"attention.attention.{name}.bias"] = f32(qkv_b[j * d:(j + 1) * d])
+    mlp = ("mlp.weights_in", "mlp.weights_out") if arch["use_swiglu_ffn"] else ("mlp.fc1", "mlp.fc2")
     renames = {"norm1": "norm1", "attn.proj": "attention.output.dense", "norm2": "norm2",
-               "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+               "mlp.fc1": mlp[0], "mlp.fc2": mlp[1]}
     for src, dst in renames.items():
       out[h + dst + ".weight"] = f32(_need(state, t + src + ".weight", what))
       out[h + dst + ".bias"] = f32(_need(state, t + src + ".bias", what))

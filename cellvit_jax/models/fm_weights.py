@@ -134,9 +134,9 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
       raise ValueError(f"config.fm.weights={directory!r}: config.json has no model_type and "
                        f"{os.path.basename(path)} is not a timm ViT state dict; point it at the "
                        f"published {preset_name} directory")
-    shapes = {k: np.empty(v["shape"], np.uint8) if k in ("pos_embed", "patch_embed.proj.weight",
-                                                         "blocks.0.mlp.fc1.weight") else None
-              for k, v in header.items()}
+    shapes = {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), tuple(v["shape"]),
+                                                 (0,) * len(v["shape"]))
+              for k, v in header.items()}  # shapes only: zero-stride views allocate nothing
     heads = num_heads or int(raw.get("model_args", {}).get("num_heads", 0) or 0)
     raw = convert.architecture(shapes, heads, repr(path))
   family = MODEL_TYPES.get(raw["model_type"])
