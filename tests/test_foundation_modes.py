@@ -122,6 +122,7 @@ def test_feature_cache_hit_and_invalidation(tiny_data_dir, weights, tmp_path):
   second = run("b")
   assert hits(second) == {"train": True, "eval": True, "test": True}
   assert second["test"] == first["test"] and second["l2"] == first["l2"]
+  assert second["seconds"]["load_weights"] == 0.0 < first["seconds"]["load_weights"]  # not read
   other_limit = run("c", **{"dataset.flaglimit": 16})
   assert hits(other_limit) == {"train": False, "eval": True, "test": True}
   assert other_limit["train_examples"] == 64
