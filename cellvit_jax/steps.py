@@ -153,10 +153,13 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int):
       init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
       end_value=o.lr * o.min_lr_ratio)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   from cellvit_jax.models import fm_presets
-  if fm_presets.is_foundation(config):  # fine-tuning: deeper blocks learn faster than early ones
+  is_fm = fm_presets.is_foundation(config)
+  if is_fm:  # as their pre-training did: no decay on class tokens and position tables either
     from cellvit_jax.models import foundation
+    decay_mask = foundation.weight_decay_mask
+  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if is_fm:  # fine-tuning: deeper blocks learn faster than early ones
     tx = optax.chain(tx, foundation.layer_decay_transform(config))
   if o.grad_clip and o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)

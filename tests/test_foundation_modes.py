@@ -189,3 +189,14 @@ def test_layer_decay_depths_and_scales(preset, weights, tiny_data_dir):
   ones = jax.tree.map(jnp.ones_like, params)
   scaled, _ = tx.update(ones, tx.init(params))
   assert jax.tree.map(lambda u: float(u.reshape(-1)[0]), scaled) == scales
+
+
+def test_weight_decay_spares_tokens_positions_norms_and_biases(weights, tiny_data_dir):
+  config = fm_config("plip,finetune", tiny_data_dir, weights["plip"], "")
+  params = foundation.build(config, 4).init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
+  flat = {"/".join(str(k.key) for k in path): m for path, m in
+          jax.tree_util.tree_leaves_with_path(foundation.weight_decay_mask(params))}
+  decayed = {k for k, m in flat.items() if m}
+  assert "head/kernel" in decayed and "backbone/vision_model/embeddings/patch_embedding/kernel" in decayed
+  assert not any(s in k for k in decayed for s in ("class_embedding", "position_embedding",
+                                                   "bias", "scale"))

@@ -159,6 +159,18 @@ def layer_decay_scales(params, num_layers: int, decay: float):
       lambda path, _: decay ** (num_layers + 1 - layer_index(path, num_layers)), params)
 
 
+_NO_DECAY = ("cls_token", "position_embeddings", "class_embedding", "position_embedding",
+             "mask_token")
+
+
+def weight_decay_mask(params):
+  """AdamW decay on matrices and kernels, not on norms, biases, LayerScale, tokens or positions."""
+  def decays(path, p):
+    names = {str(getattr(k, "key", k)) for k in path}
+    return p.ndim > 1 and not names & set(_NO_DECAY)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def layer_decay_transform(config):
   """optax transformation scaling each update by its layer's factor (config.fm.layer_decay)."""
   import optax
