@@ -125,7 +125,11 @@ def parse_flags(argv):
     _check_config_file(argv)
     return FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = _unknown_override(argv) or " ".join(str(e).split())
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # a config file's get_config raised: its
+      # own message (the last line) is the one that names the input and the fix
+      text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]
+    message = _unknown_override(argv) or " ".join(text.split())
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 

@@ -173,3 +173,13 @@ def test_importing_the_library_does_not_import_transformers():
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
   assert out.stdout.split() == ["False", "False"], out.stderr[-1000:]
+
+
+def test_unknown_preset_on_the_command_line_is_one_clear_line():
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main", "--config=configs/fm.py:virchow,probe"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO})
+  assert out.returncode == 2
+  line = out.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in line and line.endswith(
+      "ValueError: unknown config.fm.preset 'virchow'; valid presets: phikon, plip, uni")
