@@ -115,7 +115,9 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   if not os.path.isdir(workdir):
     raise _not_a_run(workdir, "the directory does not exist")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  is_probe = os.path.isfile(os.path.join(workdir, "config.json")) and load_config(workdir).mode == "probe"
+  # A linear-probe run (mode=probe) keeps its head in probe_head.npz, not in a checkpoint.
+  is_probe = (os.path.isfile(os.path.join(workdir, "config.json"))
+              and load_config(workdir).mode == "probe")
   if not os.path.isdir(ckpt_dir) and not is_probe:  # checked first: the Checkpointer would create it
     raise _not_a_run(workdir, "no checkpoints/")
   config = load_config(workdir)
