@@ -34,5 +34,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==9.2.0"],
+        # The FM parity tests run the PyTorch reference implementations (tests/test_foundation_parity.py).
+        "parity": ["torch==2.13.0"],
     },
 )
