@@ -1,0 +1,87 @@
+"""Fine-tuning step of a foundation model at 224x224: images/s and fraction of the device peak.
+
+    PYTHONPATH=. python benchmarks/fm_train_step.py [--preset=phikon] [--batch=64] \
+        [--dtype=float32,bfloat16] [--repeats=5] [--steps=10]
+
+The backbone is a random checkpoint of the preset's published size (phikon: ViT-B/16 at
+224, written by models.foundation.write_tiny with the full dimensions), so no weights are
+needed: the speed does not depend on the values. The step is the library's own
+(steps.make_steps on models.from_config of configs/fm.py:<preset>,finetune: uint8 40x40
+batch -> flips/rot90 -> resize to 224 -> normalise -> backbone -> head -> loss -> clip +
+AdamW with layer-wise lr decay, state donated), per compute dtype (params stay float32).
+
+Peak: XLA's FLOPs of the compiled step over its time, divided by the FLOP/s of a large jnp
+matmul of the same dtype measured in the same run (train_step.matmul_flops_per_sec).
+Prints one comparable line per dtype:
+  fm_train_step <preset> <dtype>: X img/s, Y TFLOP/s, fraction of measured matmul peak = F
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from cellvit_jax import main as cellvit_main
+from cellvit_jax import models, parallel, steps
+from cellvit_jax.experiments.cost import xla_flops
+from cellvit_jax.models import foundation
+from train_step import matmul_flops_per_sec
+
+# Published sizes (hidden, depth, heads, image, patch) of the presets' backbones.
+SIZES = {"phikon": (768, 12, 12, 224, 16), "uni": (1024, 24, 16, 224, 16),
+         "plip": (768, 12, 12, 224, 32)}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--preset", default="phikon", choices=sorted(SIZES))
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--dtype", default="float32,bfloat16")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+  p.add_argument("--matmul", type=int, default=0, help="matmul side for the peak (0: 8192 on "
+                 "an accelerator, 2048 on CPU)")
+  a = p.parse_args()
+  hidden, depth, heads, image, patch = SIZES[a.preset]
+  weights = tempfile.mkdtemp(prefix=f"fm_{a.preset}_")
+  foundation.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
+                        image_size=image, patch_size=patch)
+  mesh = parallel.make_mesh()
+  n = a.matmul or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+  rng = np.random.default_rng(0)
+  batch = parallel.shard_batch({
+      "image": rng.integers(0, 256, (a.batch, 40, 40, 3), dtype=np.uint8),
+      "label": rng.integers(0, 4, a.batch).astype(np.int32)}, mesh)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {a.preset} "
+        f"({hidden}x{depth}, patch {patch}, {image}x{image}), batch {a.batch}", flush=True)
+  for dtype in a.dtype.split(","):
+    config = cellvit_main.load_config_file(f"configs/fm.py:{a.preset},finetune")
+    config.fm.weights = weights
+    config.model.dtype = dtype
+    model = models.from_config(config, 4)
+    tx, schedule = steps.make_optimizer(config, 1000, 100)
+    state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+    train_step, _ = steps.make_steps(model, config, schedule, mesh)
+    flops = xla_flops(train_step.lower(state, batch, jax.random.key(0)).compile())
+    state, m = train_step(state, batch, jax.random.key(0))  # compile + warm-up
+    jax.block_until_ready(m)
+    times, peaks = [], []
+    for r in range(a.repeats):
+      start = time.perf_counter()
+      for i in range(a.steps):
+        state, m = train_step(state, batch, jax.random.key(i))
+      jax.block_until_ready(m)
+      times.append((time.perf_counter() - start) / a.steps)
+      peaks.append(matmul_flops_per_sec(dtype, n))
+    step = float(np.median(times))
+    achieved = flops / step
+    print(f"fm_train_step {a.preset} {dtype}: {a.batch / step:.1f} img/s, "
+          f"{achieved / 1e12:.2f} TFLOP/s ({flops / a.batch / 1e9:.1f} GFLOP per image), "
+          f"fraction of measured matmul peak = {achieved / float(np.median(peaks)):.2f} "
+          f"(matmul {n}: {float(np.median(peaks)) / 1e12:.1f} TFLOP/s)", flush=True)
+
+
+if __name__ == "__main__":
+  main()
