@@ -33,3 +33,14 @@ def tiny_study_config(data_dir, rows=("customvit", "resnet18"), flaglimits=(32, 
   for k, v in study_fields.items():
     config.study[k] = v
   return config
+
+
+def write_cli_config(path, data_dir, **kwargs) -> str:
+  """A config file for `python -m cellvit_jax.main --config=<path>` holding the tiny study."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  path = str(path)
+  with open(path, "w") as f:
+    f.write(f"import sys\nsys.path.insert(0, {tests!r})\n"
+            "from study_helpers import tiny_study_config\n\n\n"
+            f"def get_config():\n  return tiny_study_config({data_dir!r}, **{kwargs!r})\n")
+  return path
