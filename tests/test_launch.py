@@ -2,6 +2,7 @@
 two local worker processes splitting the cells, and two jax.distributed processes training
 every cell together."""
 import glob
+import json
 import os
 import shutil
 import socket
@@ -61,6 +62,7 @@ def test_tpu_scripts_dry_run_print_the_gcloud_commands():
                                                       "delete", "pod"]
 
 
+@pytest.mark.slow  # about 70 s on 2 shared cores
 def test_local_launcher_splits_cells_between_two_processes(tiny_data_dir, tmp_path):
   config = write_cli_config(tmp_path / "tiny_study.py", tiny_data_dir, rows=("customvit",))
   study_dir = tmp_path / "study"
@@ -83,7 +85,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_jax_distributed_processes_train_each_cell_together(tiny_data_dir, tmp_path):
   config = write_cli_config(tmp_path / "tiny_study.py", tiny_data_dir, rows=("customvit",),
                             flaglimits=(32,))
@@ -96,7 +97,6 @@ def test_two_jax_distributed_processes_train_each_cell_together(tiny_data_dir, t
            "JAX_PROCESS_ID": str(i)}) for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
-  import json
   with open(study_dir / "runs" / "customvit" / "fl32" / "seed0" / "results.json") as f:
     results = json.load(f)
   assert results["finished"] and results["devices"] == 2

@@ -143,13 +143,14 @@ def run_cell(cell, config, study_dir, modes) -> bool:
                cell.flaglimit, cell.seed, cell.spec, mode, workdir)
   t0 = time.perf_counter()
   modes[mode](cell_config, workdir)
+  # Process 0 writes results.json; every process takes its word (they run in lockstep).
   results = _read_json(os.path.join(workdir, "results.json"))
-  if not (results or {}).get("finished"):
+  if not _agreed([bool((results or {}).get("finished"))])[0]:
     logging.info("study cell %d stopped before the end of training; rerun to continue.", cell.index)
     return False
   t1 = time.perf_counter()
   blur_dir = os.path.join(workdir, "blur")
-  if not os.path.isfile(os.path.join(blur_dir, "blur.json")):
+  if not _agreed([os.path.isfile(os.path.join(blur_dir, "blur.json"))])[0]:
     blur_study.run_mode(blur_config(study, workdir), blur_dir)
   t2 = time.perf_counter()
   if jax.process_index() == 0:
@@ -165,11 +166,10 @@ def run_cell(cell, config, study_dir, modes) -> bool:
 def ensure_cost(row, study_dir, study):
   """cost/<row>.json from the row's first finished cell, if not there yet."""
   path = os.path.join(study_dir, "cost", f"{row}.json")
-  if os.path.isfile(path):
-    return
-  done = sorted((c for c in study_grid.cells(study) if c.row == row and is_done(c, study_dir)),
-                key=lambda c: c.index)
-  if not done:
+  row_cells = [c for c in study_grid.cells(study) if c.row == row]
+  flags = _agreed([os.path.isfile(path)] + [is_done(c, study_dir) for c in row_cells])
+  done = [c for c, d in zip(row_cells, flags[1:]) if d]
+  if flags[0] or not done:
     return
   c = study.cost
   entry = measure_cost(done[0].workdir(study_dir), [int(b) for b in c.batch_sizes], c.min_seconds)
