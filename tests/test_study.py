@@ -127,6 +127,10 @@ def test_unregistered_mode_and_bad_override_fail_before_any_cell(tiny_data_dir, 
   config.study.set.train = ml_collections.ConfigDict({"epochz": 1.0})
   with pytest.raises(ValueError, match="config.train has no field 'epochz'"):
     study.run_mode(config, str(tmp_path / "s"))
+  config = tiny_study_config(tiny_data_dir)
+  config.study.models.resnet18.set = ml_collections.ConfigDict({"train": {"batch_size": 0}})
+  with pytest.raises(ValueError, match="study row 'resnet18'.*batch_size=0"):
+    study.run_mode(config, str(tmp_path / "s"))
   config = tiny_study_config(tiny_data_dir, parallel="data", worker="0/2")
   with pytest.raises(ValueError, match="parallel=cells"):
     study.run_mode(config, str(tmp_path / "s"))

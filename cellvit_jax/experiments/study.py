@@ -111,6 +111,12 @@ def check(config, modes) -> list:
                        f"install does not provide (modes: {', '.join(sorted(modes))}); install "
                        f"the version that adds it, or leave the row out with "
                        f"--config.study.rows=<other rows>")
+    if mode == "train":  # model kwargs, FlagLimit, dataset, batch sizes: before hours of cells
+      from cellvit_jax import parallel, train
+      try:
+        train.check_config(row_config, parallel.make_mesh())
+      except (ValueError, TypeError) as e:
+        raise ValueError(f"study row {cell.row!r} ({cell.spec}): {e}") from None
   return study_grid.mine(all_cells, worker)
 
 
