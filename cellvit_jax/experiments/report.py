@@ -140,7 +140,10 @@ def write_report(study_dir: str, output_dir: str = "") -> dict:
   for pos in study_results.POSITIONS:
     report_plots.blur(records, rows, compare_fl, pos, path(f"blur_{pos}.png"))
   if points:
-    report_plots.accuracy_vs_cost(points, path("accuracy_vs_cost.png"))
+    report_plots.accuracy_vs_cost(
+        points, path("accuracy_vs_cost.png"),
+        f"test accuracy (mean over seeds) at FlagLimit {compare_fl} vs inference cost on "
+        f"{', '.join(sorted({costs[p['row']]['device'] for p in points}))}")
 
   seeds = sorted({r["seed"] for r in records})
   datasets = sorted({r["dataset"] for r in records})

@@ -64,11 +64,14 @@ def blur(records, rows, flaglimit, position, path):
   return _save(fig, path)
 
 
-def accuracy_vs_cost(points, path):
+def accuracy_vs_cost(points, path, title=""):
   """points: [{row, accuracy, accuracy_std, gflops, images_per_sec}] -> two log-x panels."""
   fig, axes = plt.subplots(1, 2, figsize=(10.5, 4), dpi=110)
+  if title:
+    fig.suptitle(title, fontsize=9)
   for ax, key, label in ((axes[0], "gflops", "GFLOPs per image (log)"),
-                         (axes[1], "images_per_sec", "images/s on this device (log)")):
+                         (axes[1], "images_per_sec",
+                          f"images/s at batch {points[0]['batch'] if points else '?'} (log)")):
     for p in points:
       if p[key] is None or not math.isfinite(p[key]) or p[key] <= 0:
         continue

@@ -40,8 +40,8 @@ def load_cells(study_dir: str) -> list[dict]:
         blur = _load(os.path.join(cell_dir, cell["blur"]))
         record = {"row": cell["row"], "mode": cell["mode"], "model": results["model"],
                   "flaglimit": int(results["flaglimit"]), "seed": int(results["seed"]),
-                  "dataset": results["dataset"], "train_examples": results["train_examples"],
-                  "num_params": results["num_params"], "dir": os.path.relpath(cell_dir, study_dir),
+                  "dataset": results["dataset"], "train_examples": results.get("train_examples"),
+                  "num_params": results.get("num_params"), "dir": os.path.relpath(cell_dir, study_dir),
                   **{m: float(results["test"][m]) for m in METRICS}, "blur": {}}
         for position in POSITIONS:
           block = blur[position] if isinstance(blur[position], dict) else blur["pre_resize"]
