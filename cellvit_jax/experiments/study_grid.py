@@ -81,7 +81,11 @@ def check_flaglimits(values) -> tuple:
 
 
 def rows(study) -> list[tuple[str, dict]]:
-  """[(row name, {'config': spec, 'set': overrides})] in config order, filtered by study.rows."""
+  """[(row name, {'config': spec, 'set': overrides})] by name, filtered by study.rows.
+
+  By name because ConfigDict keeps its keys sorted (and copies lose any other order), so
+  the order is the same in every process and every invocation.
+  """
   all_rows = []
   for name, row in study.models.items():
     if not ROW_NAME.match(name):

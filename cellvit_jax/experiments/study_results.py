@@ -67,7 +67,7 @@ def load_costs(study_dir: str) -> dict:
 
 
 def row_order(study_dir: str, records) -> list[str]:
-  """Rows in the study config's order (study.json), rows found only on disk after them."""
+  """Rows in the study's order (study.json: by name), rows found only on disk after them."""
   path = os.path.join(study_dir, "study.json")
   order = [r["row"] for r in _load(path)["rows"]] if os.path.isfile(path) else []
   present = {r["row"] for r in records}
