@@ -136,3 +136,31 @@ def test_unregistered_mode_and_bad_override_fail_before_any_cell(tiny_data_dir, 
     study.run_mode(config, str(tmp_path / "s"))
   with pytest.raises(ValueError, match="no runs/"):
     report.write_report(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow  # two CLI processes, about 90 s
+def test_sigkill_after_first_cell_then_rerun_recomputes_nothing(tiny_data_dir, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  from study_helpers import write_cli_config
+  config = write_cli_config(tmp_path / "tiny_study.py", tiny_data_dir, rows=("customvit",))
+  study_dir = tmp_path / "study"
+  cmd = [sys.executable, "-m", "cellvit_jax.main", f"--config={config}", f"--workdir={study_dir}"]
+  env = {**os.environ, "PYTHONPATH": REPO}
+  cells = study_grid.cells(tiny_study_config(tiny_data_dir, rows=("customvit",)).study)
+  marker = os.path.join(cells[0].workdir(str(study_dir)), "cell.json")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(marker)
+  before = _snapshot(cells[0].workdir(str(study_dir)))
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "1 already finished" in out.stdout or "2 already finished" in out.stdout
+  assert _snapshot(cells[0].workdir(str(study_dir))) == before
+  assert all(study.is_done(c, str(study_dir)) for c in cells)
