@@ -74,4 +74,19 @@ def get_config():
   # Stop this invocation after this many steps (0: run to the end); rerun the same command
   # to continue. For time-boxed or preemptible jobs; it does not change the schedule.
   config.train.max_steps_per_run = 0
+
+  # Foundation models (models/fm_presets.py, docs/foundation_models.md); used when
+  # fm.preset is set (configs/fm.py), ignored otherwise.
+  config.fm = ml_collections.ConfigDict()
+  config.fm.preset = ""                 # 'phikon' | 'uni' | 'plip'; "" -> not an FM run
+  config.fm.weights = ""                # local directory of the downloaded (or --tiny) weights
+  config.fm.num_heads = 0               # timm checkpoints only: 0 -> hidden / 64
+  config.fm.input_size = 0              # 0 -> the checkpoint's image size (224 when published)
+  config.fm.resize_method = ""          # "" -> the preset's ('bilinear' | 'bicubic')
+  config.fm.feature = ""                # "" -> the preset's ('cls' | 'cls_mean')
+  config.fm.layer_decay = 0.75          # finetune: lr of block i scaled by decay ** (L - i)
+  config.fm.probe_l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+  config.fm.probe_max_steps = 300       # L-BFGS iterations per L2 strength
+  config.fm.feature_batch_size = 64     # probe: images per backbone call
+  config.fm.cache_dir = ""              # probe features; "" -> $CELLVIT_CACHE or ~/.cache/cellvit_jax
   return config

@@ -3,6 +3,8 @@
 Used by the linear probe of foundation-model features and by the pixel baseline. The L2
 strength is chosen on a validation set from a grid, as is usual for linear probes.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,12 @@ def fit(x, y, num_classes: int, l2: float, max_steps: int = 300):
   """Minimises mean cross-entropy + l2/2 * ||W||^2 (bias not penalised). Returns (W, b)."""
   x = jnp.asarray(x, jnp.float32)
   y = jnp.asarray(y, jnp.int32)
+  return _fit(x, y, jnp.float32(l2), num_classes, max_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _fit(x, y, l2, num_classes: int, max_steps: int):
+  # l2 is traced: one compilation serves a whole validation grid.
   params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
 
   def loss(params):
@@ -34,17 +42,13 @@ def fit(x, y, num_classes: int, l2: float, max_steps: int = 300):
   solver = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(loss)
 
-  @jax.jit
-  def run(params):
-    def step(carry, _):
-      params, state = carry
-      value, grad = value_and_grad(params, state=state)
-      updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-      return (optax.apply_updates(params, updates), state), value
-    (params, _), values = jax.lax.scan(step, (params, solver.init(params)), None, length=max_steps)
-    return params, values
+  def step(carry, _):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+    return (optax.apply_updates(params, updates), state), value
 
-  params, _ = run(params)
+  (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), None, length=max_steps)
   return params
 
 

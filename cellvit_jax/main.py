@@ -13,8 +13,9 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
-                    "<config.blur.run>/blur/ (mode=blur), study/ (mode=study), "
-                    "<config.predict.run>/predict/ (mode=predict).")
+                    "runs/<fm preset>_<mode>/ (mode=probe, finetune), <config.blur.run>/blur/ "
+                    "(mode=blur), study/ (mode=study), <config.predict.run>/predict/ "
+                    "(mode=predict).")
 FLAGS = flags.FLAGS
 
 
@@ -29,8 +30,27 @@ def _train(config, workdir):
           f"({results['workdir']}).")
 
 
+def _finetune(config, workdir):
+  _require_fm(config)
+  _train(config, workdir or os.path.join("runs", f"{config.fm.preset}_finetune"))
+
+
+def _probe(config, workdir):
+  _require_fm(config)
+  from cellvit_jax import probe
+  probe.run_mode(config, workdir or os.path.join("runs", f"{config.fm.preset}_probe"))
+
+
+def _require_fm(config):
+  if not config.get("fm") or not config.fm.preset:
+    raise ValueError(f"config.mode={config.mode!r} needs a foundation model: use "
+                     "--config=configs/fm.py:<phikon|uni|plip>,<probe|finetune>")
+
+
 MODES = {
     "train": _train,
+    "probe": _probe,
+    "finetune": _finetune,
     "blur": lambda config, workdir: importlib.import_module(
         "cellvit_jax.experiments.blur_study").run_mode(config, workdir),
     # A study runs its cells through this same table, so FM modes registered here become
@@ -112,7 +132,11 @@ def parse_flags(argv):
     _check_config_file(argv)
     return FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = _unknown_override(argv) or " ".join(str(e).split())
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # a config file's get_config raised: its
+      # own message (the last line) is the one that names the input and the fix
+      text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]
+    message = _unknown_override(argv) or " ".join(text.split())
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 

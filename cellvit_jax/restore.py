@@ -15,7 +15,10 @@ caller may rely on, whatever the model family (the FM path will return the same 
 
 The config comes from workdir/config.json laid over today's defaults (so runs written
 before a config field existed still load, with that field at its default), the state
-from the latest orbax checkpoint.
+from the latest orbax checkpoint.  Foundation-model runs return the same shape: a
+finetune run is a checkpointed run like any other (input_size 224, resize with its
+configured method); a probe run has no checkpoint: its backbone comes from
+config.fm.weights and its head from workdir/probe_head.npz (probe.head_state).
 """
 import dataclasses
 import json
@@ -41,6 +44,7 @@ class Run:
   total_steps: int
   mesh: jax.sharding.Mesh
   input_size: int = 0          # 0: the dataset's patch size (no resize)
+  resize_method: str = "bilinear"
   _logits_fn: Any = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
@@ -52,11 +56,11 @@ class Run:
     return self.dataset.image_size
 
   def resize(self, images):
-    """Native patches -> the model's input size (bilinear); the identity when they agree."""
+    """Native patches -> the model's input size (the run's method); the identity when they agree."""
     if self.input_size == images.shape[1] == images.shape[2]:
       return images
     shape = (images.shape[0], self.input_size, self.input_size, images.shape[3])
-    return jax.image.resize(images, shape, method="bilinear")
+    return jax.image.resize(images, shape, method=self.resize_method)
 
   def forward(self, state, images01):
     return steps.eval_logits(self.model, self.config, state, images01)
@@ -111,7 +115,10 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   if not os.path.isdir(workdir):
     raise _not_a_run(workdir, "the directory does not exist")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):  # checked first: the Checkpointer would create it
+  # A linear-probe run (mode=probe) keeps its head in probe_head.npz, not in a checkpoint.
+  is_probe = (os.path.isfile(os.path.join(workdir, "config.json"))
+              and load_config(workdir).mode == "probe")
+  if not os.path.isdir(ckpt_dir) and not is_probe:  # checked first: the Checkpointer would create it
     raise _not_a_run(workdir, "no checkpoints/")
   config = load_config(workdir)
   if data_dir is not None:
@@ -121,13 +128,19 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
                                   synthetic=datasets.synthetic_spec(config.dataset),
                                   log=lambda *a: None)
+  model = models.from_config(config, dataset.num_classes)
+  fm = dict(input_size=getattr(model, "input_size", 0),
+            resize_method=getattr(model, "resize_method", "bilinear"))
+  if is_probe:
+    from cellvit_jax import probe
+    state = probe.head_state(config, model, workdir, mesh)
+    return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
+               step=0, total_steps=0, mesh=mesh, **fm)
   # The optimiser exactly as training built it, so the checkpoint's tree matches.
   subset = flaglimit.select(dataset.labels(config.dataset.train_split), config.dataset.flaglimit,
                             config.seed)
   total, per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
   tx, _ = steps.make_optimizer(config, total, per_epoch)
-  model = models.build(config.model.name, dataset.num_classes,
-                       dtype=steps.compute_dtype(config.model.dtype), **config.model.kwargs)
 
   ckpt = checkpoint.Checkpointer(workdir)
   try:
@@ -145,4 +158,4 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   finally:
     ckpt.close()
   return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
-             step=int(step), total_steps=total, mesh=mesh)
+             step=int(step), total_steps=total, mesh=mesh, **fm)

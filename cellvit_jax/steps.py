@@ -66,12 +66,21 @@ def preprocess(images, rng, config, train: bool):
     blur_args = blur_augment_config(config)
     if blur_args is not None:
       x = augment.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
+  return _normalize(x, config)
+
+
+def _normalize(x, config):
+  """config.normalize, except for foundation models: they resize and then normalise with
+  their preset's constants inside the model (models/foundation.py), the one place for it."""
+  from cellvit_jax.models import fm_presets
+  if fm_presets.is_foundation(config):
+    return x
   return normalize.normalize(x, config.normalize.mean, config.normalize.std)
 
 
 def eval_logits(model, config, state, images01):
   """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode)."""
-  x = normalize.normalize(images01, config.normalize.mean, config.normalize.std)
+  x = _normalize(images01, config)
   return model.apply(_variables(state), x, train=False).astype(jnp.float32)
 
 
@@ -144,7 +153,14 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int):
       init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
       end_value=o.lr * o.min_lr_ratio)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  from cellvit_jax.models import fm_presets
+  is_fm = fm_presets.is_foundation(config)
+  if is_fm:  # as their pre-training did: no decay on class tokens and position tables either
+    from cellvit_jax.models import foundation
+    decay_mask = foundation.weight_decay_mask
   tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if is_fm:  # fine-tuning: deeper blocks learn faster than early ones
+    tx = optax.chain(tx, foundation.layer_decay_transform(config))
   if o.grad_clip and o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   return tx, schedule

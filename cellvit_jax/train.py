@@ -1,4 +1,8 @@
-"""Training and evaluation of a task-specific model: `train_and_evaluate(config, workdir)`.
+"""Training and evaluation of a model: `train_and_evaluate(config, workdir)`.
+
+The same loop fine-tunes the foundation models (mode=finetune): models.from_config builds
+them, models.with_pretrained loads their weights into a fresh state, and
+steps.make_optimizer adds their layer-wise lr decay.
 
 Reads top to bottom: data -> FlagLimit subset -> model and optimiser -> resume from the
 latest checkpoint if any -> train loop with periodic validation and checkpoints -> test
@@ -54,8 +58,7 @@ def _progress(total, initial, config):
 
 def check_config(config, mesh):
   """Cheap checks of everything a run needs, before any file is written or data built."""
-  models.build(config.model.name, 2, dtype=steps.compute_dtype(config.model.dtype),
-               **config.model.kwargs)
+  models.from_config(config, 2)  # FMs: also reads the weights directory's config and headers
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
   datasets.synthetic_spec(config.dataset)
@@ -90,8 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 range(len(dataset.labels(config.dataset.eval_split))))
 
   # Model, optimiser and state.
-  model = models.build(config.model.name, dataset.num_classes,
-                       dtype=steps.compute_dtype(config.model.dtype), **config.model.kwargs)
+  model = models.from_config(config, dataset.num_classes)
   total, steps_per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
   tx, schedule = steps.make_optimizer(config, total, steps_per_epoch)
   rng = jax.random.key(config.seed)
@@ -107,6 +109,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, train_iter)
     logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
+  else:  # a fresh run: foundation models start from their published weights
+    state = models.with_pretrained(config, model, state, mesh)
   start = int(state.step)
   results_path = os.path.join(workdir, "results.json")
   if start >= total and os.path.exists(results_path):

@@ -27,3 +27,15 @@ def test_flops_grow_with_depth_and_rows_are_complete():
 def test_bad_batch_sizes_are_named():
   with pytest.raises(ValueError, match="batch_sizes"):
     cost.config_cost(_config(1), batch_sizes=(0,))
+
+
+def test_replace_block_rewrites_only_the_marked_table(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{cost.BLOCK_START}\nold table\n{cost.BLOCK_END}\nrest\n")
+  cost.replace_block(str(readme), "| new |\n")
+  assert readme.read_text() == f"intro\n{cost.BLOCK_START}\n| new |\n{cost.BLOCK_END}\nrest\n"
+  plain = tmp_path / "plain.md"
+  plain.write_text("no markers\n")
+  with pytest.raises(ValueError, match="cost table: start"):
+    cost.replace_block(str(plain), "| new |\n")
+  assert plain.read_text() == "no markers\n"

@@ -82,8 +82,10 @@ def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
   return synthetic_cells.SyntheticSpec(**given)
 
 
-def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec, workers: int = 2):
+def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec, workers: int = 0):
+  """Renders and writes a synthetic_cells dataset; workers=0: one thread per core (up to 16)."""
   synthetic_cells.check(spec)
+  workers = workers or min(os.cpu_count() or 1, 16)
   splits = {split: synthetic_cells.examples(spec, split, workers) for split in ("train", "val", "test")}
   return tfds_writer.write(
       data_dir, name, synthetic_cells.CLASS_NAMES, splits, patch_size=synthetic_cells.SIZE,

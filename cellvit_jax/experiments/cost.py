@@ -3,6 +3,7 @@
     python -m cellvit_jax.experiments.cost                       # every shipped model config
     python -m cellvit_jax.experiments.cost --configs=configs/customvit.py,configs/resnet18.py \
         --batch_sizes=1,256 --output=cost.json --markdown=cost.md
+    python -m cellvit_jax.experiments.cost --update=README.md  # rewrites the README's table
 
 GFLOPs come from XLA's cost analysis of the compiled inference function (uint8 patches ->
 float -> resize to the model's input if it differs -> normalise -> model, eval mode) at
@@ -14,6 +15,7 @@ with figures from the same device.
 """
 import json
 import os
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -111,6 +113,24 @@ MODEL_CONFIGS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientn
                  "convnext_tiny", "vit_small", "swin_tiny")
 
 
+BLOCK_START, BLOCK_END = "<!-- cost table: start -->", "<!-- cost table: end -->"
+
+
+def replace_block(path: str, text: str):
+  """Replaces what stands between the cost-table markers in `path` (atomically)."""
+  with open(path) as f:
+    content = f.read()
+  start, end = content.find(BLOCK_START), content.find(BLOCK_END)
+  if start < 0 or end < start:
+    raise ValueError(f"{path} has no '{BLOCK_START}' ... '{BLOCK_END}' block to replace; add "
+                     "the two marker lines where the table should go")
+  new = content[:start + len(BLOCK_START)] + "\n" + text + content[end:]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(new)
+  os.replace(tmp, path)
+
+
 def main(argv):
   del argv
   from absl import flags
@@ -133,6 +153,10 @@ def main(argv):
   if f.markdown:
     with open(f.markdown, "w") as fh:
       fh.write(table)
+  if f.update:
+    command = "python -m cellvit_jax.experiments.cost " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--update"))
+    replace_block(f.update, f"{table}Made by `{command.strip()}` on {time.strftime('%Y-%m-%d')}.\n")
 
 
 if __name__ == "__main__":
@@ -142,4 +166,5 @@ if __name__ == "__main__":
   flags.DEFINE_float("min_seconds", 2.0, "Minimum timed seconds per batch size.")
   flags.DEFINE_string("output", "", "Write the rows as JSON here.")
   flags.DEFINE_string("markdown", "", "Write the Markdown table here.")
+  flags.DEFINE_string("update", "", "Rewrite the cost-table block of this Markdown file (README.md).")
   app.run(main)

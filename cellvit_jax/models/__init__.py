@@ -4,6 +4,10 @@ Every registered module is constructed as `cls(num_classes=..., dtype=..., **con
 and called as `module.apply(variables, images, train=bool)` on float NHWC images that the
 train step has already normalised. Entries are import paths so that importing the registry
 does not import every model.
+
+The pathology foundation models are not registry entries: their architecture comes from a
+weights directory (config.fm.*), so `from_config` builds them from the whole config
+(models/foundation.py); importing this file never imports transformers.
 """
 import dataclasses
 import importlib
@@ -41,3 +45,27 @@ def build(name: str, num_classes: int, dtype=None, **kwargs):
   if dtype is not None and "dtype" in fields:
     kwargs["dtype"] = dtype
   return cls(num_classes=num_classes, **kwargs)
+
+
+def is_foundation(config) -> bool:
+  from cellvit_jax.models import fm_presets
+  return fm_presets.is_foundation(config)
+
+
+def from_config(config, num_classes: int):
+  """The model a config trains: a foundation model when config.fm.preset is set, else the
+  registry entry config.model.name with config.model.kwargs."""
+  from cellvit_jax import steps
+  if is_foundation(config):
+    from cellvit_jax.models import foundation
+    return foundation.build(config, num_classes)
+  return build(config.model.name, num_classes, dtype=steps.compute_dtype(config.model.dtype),
+               **config.model.kwargs)
+
+
+def with_pretrained(config, model, state, mesh):
+  """A freshly initialised state with its pretrained part loaded (FMs); others unchanged."""
+  if not is_foundation(config):
+    return state
+  from cellvit_jax.models import foundation
+  return foundation.with_pretrained(config, model, state, mesh)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from cellvit_jax.models import layers
 
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+BN_EPSILON = 1e-3  # the reference's (TF) BatchNorm epsilon
 
 # (expand ratio, kernel, stride of the first block, output channels, repeats), B0.
 B0_STAGES = (
@@ -62,26 +62,6 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
   return int(math.ceil(depth_mult * repeats))
 
 
-class _ConvBN(nn.Module):
-  features: int
-  kernel: int
-  stride: int = 1
-  groups: int = 1
-  act: bool = True
-  bn_momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    k, p = self.kernel, self.kernel // 2
-    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-                feature_group_count=self.groups, use_bias=False, kernel_init=_conv_init,
-                dtype=self.dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
-                     dtype=self.dtype, name="bn")(x)
-    return nn.silu(x) if self.act else x
-
-
 class MBConv(nn.Module):
   """Mobile inverted bottleneck with squeeze-excitation (MnasNet / EfficientNet)."""
   features: int
@@ -100,11 +80,13 @@ class MBConv(nn.Module):
     hidden = in_ch * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = _ConvBN(hidden, 1, name="expand", **cb)(y, train)
-    y = _ConvBN(hidden, self.kernel, self.stride, groups=hidden, name="depthwise", **cb)(y, train)
+      y = nn.silu(layers.ConvBN(hidden, 1, name="expand", epsilon=BN_EPSILON, **cb)(y, train))
+    y = nn.silu(layers.ConvBN(hidden, self.kernel, self.stride, groups=hidden, name="depthwise",
+                               epsilon=BN_EPSILON, **cb)(y, train))
     if self.se_ratio > 0:
       y = layers.SqueezeExcite(max(1, int(in_ch * self.se_ratio)), nn.silu, self.dtype, name="se")(y)
-    y = _ConvBN(self.features, 1, act=False, name="project", **cb)(y, train)
+    # Linear bottleneck: no activation after the projection.
+    y = layers.ConvBN(self.features, 1, name="project", epsilon=BN_EPSILON, **cb)(y, train)
     if self.stride == 1 and in_ch == self.features:
       y = x + layers.DropPath(self.drop_path)(y, train)
     return y
@@ -126,7 +108,8 @@ class EfficientNet(nn.Module):
   def __call__(self, x, train: bool = False):
     cb = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
     x = x.astype(self.dtype)
-    x = _ConvBN(round_filters(32, self.width_mult), 3, self.stem_stride, name="stem", **cb)(x, train)
+    x = nn.silu(layers.ConvBN(round_filters(32, self.width_mult), 3, self.stem_stride, name="stem",
+                              epsilon=BN_EPSILON, **cb)(x, train))
     stages = [(e, k, s, round_filters(c, self.width_mult), round_repeats(r, self.depth_mult))
               for e, k, s, c, r in B0_STAGES]
     num_blocks = sum(r for *_, r in stages)
@@ -136,7 +119,8 @@ class EfficientNet(nn.Module):
         x = MBConv(features, expand, kernel, stride if j == 0 else 1, self.se_ratio,
                    self.drop_path * idx / num_blocks, name=f"stage{i + 1}_block{j + 1}", **cb)(x, train)
         idx += 1
-    x = _ConvBN(round_filters(1280, self.width_mult), 1, name="head_conv", **cb)(x, train)
+    x = nn.silu(layers.ConvBN(round_filters(1280, self.width_mult), 1, name="head_conv",
+                              epsilon=BN_EPSILON, **cb)(x, train))
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")

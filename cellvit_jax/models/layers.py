@@ -1,5 +1,6 @@
-"""Layers shared by several models: MLP, drop path, self-attention, encoder block, position
-embeddings, squeeze-excitation, and the (shifted) window attention pieces used by Swin.
+"""Layers shared by several models: MLP, drop path, conv + BatchNorm, self-attention, encoder
+block, position embeddings, squeeze-excitation, and the (shifted) window attention pieces
+used by Swin.
 
 Every model takes float images NHWC and `train: bool`; stochastic layers draw from the
 'dropout' RNG stream, so one rng argument drives dropout and drop path alike.
@@ -26,6 +27,37 @@ class DropPath(nn.Module):
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+# He initialisation on fan-out (the ResNet and EfficientNet references' conv init).
+he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ConvBN(nn.Module):
+  """Conv (no bias, 'same' k//2 padding, optional groups) -> BatchNorm; no activation.
+
+  `zero_scale` starts the BN scale at zero (a residual branch that begins as nothing).
+  Parameter names: <name>/conv/kernel, <name>/bn/{scale,bias}.
+  """
+  features: int
+  kernel: int
+  stride: int = 1
+  groups: int = 1
+  zero_scale: bool = False
+  epsilon: float = 1e-5
+  bn_momentum: float = 0.9
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    k, p = self.kernel, self.kernel // 2
+    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride), padding=((p, p), (p, p)),
+                feature_group_count=self.groups, use_bias=False, kernel_init=he_fan_out,
+                dtype=self.dtype, name="conv")(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                        epsilon=self.epsilon,
+                        scale_init=nn.initializers.zeros if self.zero_scale else nn.initializers.ones,
+                        dtype=self.dtype, name="bn")(x)
 
 
 class Mlp(nn.Module):

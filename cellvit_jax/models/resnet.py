@@ -29,26 +29,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-class _ConvBN(nn.Module):
-  """Conv (no bias) -> BatchNorm, optionally with a zero-initialised BN scale."""
-  features: int
-  kernel: int
-  stride: int = 1
-  zero_scale: bool = False
-  bn_momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    k, p = self.kernel, self.kernel // 2
-    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-                use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                        scale_init=nn.initializers.zeros if self.zero_scale else nn.initializers.ones,
-                        dtype=self.dtype, name="bn")(x)
+from cellvit_jax.models import layers
 
 
 class BasicBlock(nn.Module):
@@ -63,10 +44,10 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     cb = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
-    y = nn.relu(_ConvBN(self.features, 3, self.stride, name="conv1", **cb)(x, train))
-    y = _ConvBN(self.features, 3, zero_scale=self.zero_init_residual, name="conv2", **cb)(y, train)
+    y = nn.relu(layers.ConvBN(self.features, 3, self.stride, name="conv1", **cb)(x, train))
+    y = layers.ConvBN(self.features, 3, zero_scale=self.zero_init_residual, name="conv2", **cb)(y, train)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = _ConvBN(self.features, 1, self.stride, name="shortcut", **cb)(x, train)
+      x = layers.ConvBN(self.features, 1, self.stride, name="shortcut", **cb)(x, train)
     return nn.relu(x + y)
 
 
@@ -83,11 +64,11 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     cb = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
     out = self.features * self.expansion
-    y = nn.relu(_ConvBN(self.features, 1, name="conv1", **cb)(x, train))
-    y = nn.relu(_ConvBN(self.features, 3, self.stride, name="conv2", **cb)(y, train))
-    y = _ConvBN(out, 1, zero_scale=self.zero_init_residual, name="conv3", **cb)(y, train)
+    y = nn.relu(layers.ConvBN(self.features, 1, name="conv1", **cb)(x, train))
+    y = nn.relu(layers.ConvBN(self.features, 3, self.stride, name="conv2", **cb)(y, train))
+    y = layers.ConvBN(out, 1, zero_scale=self.zero_init_residual, name="conv3", **cb)(y, train)
     if self.stride != 1 or x.shape[-1] != out:
-      x = _ConvBN(out, 1, self.stride, name="shortcut", **cb)(x, train)
+      x = layers.ConvBN(out, 1, self.stride, name="shortcut", **cb)(x, train)
     return nn.relu(x + y)
 
 
@@ -108,7 +89,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    x = _ConvBN(self.width, 3, bn_momentum=self.bn_momentum, dtype=self.dtype, name="stem")(x, train)
+    x = layers.ConvBN(self.width, 3, bn_momentum=self.bn_momentum, dtype=self.dtype, name="stem")(x, train)
     x = nn.relu(x)
     block_cls = Bottleneck if self.bottleneck else BasicBlock
     for i, num_blocks in enumerate(self.stage_sizes):

@@ -1,0 +1,105 @@
+"""On-disk cache of frozen foundation-model features, one file per (model, weights, data, split).
+
+The key names everything the features depend on: the preset and its family, the sha256 of
+the weights file, the dataset name and split, a sha256 of the split's selected uint8
+images and labels (so a different FlagLimit, seed or rebuilt dataset misses), the input
+size, resize method, feature and compute dtype.  Entries live in
+<cache_dir>/<preset>/<dataset>/<split>-<key hash>.npz, written atomically (temp file +
+rename): a crash never leaves half an entry, and an entry whose stored key differs is
+recomputed, never trusted.
+"""
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from cellvit_jax.models import fm_weights
+
+
+def directory(config) -> str:
+  base = config.fm.cache_dir or os.path.join(
+      os.environ.get("CELLVIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                      "cellvit_jax"), "features")
+  return os.path.abspath(os.path.expanduser(base))
+
+
+def data_sha(images: np.ndarray, labels: np.ndarray) -> str:
+  h = hashlib.sha256()
+  h.update(str(images.shape).encode())
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels, np.int64).tobytes())
+  return h.hexdigest()
+
+
+def key(config, model, ckpt, dataset_name: str, split: str, images, labels) -> dict:
+  return {
+      "version": 1,
+      "preset": config.fm.preset,
+      "family": ckpt.family,
+      "weights_sha256": fm_weights.weights_hash(ckpt),
+      "num_heads": int(ckpt.hf_config.num_attention_heads),
+      "dataset": dataset_name,
+      "split": split,
+      "num_examples": int(len(labels)),
+      "data_sha256": data_sha(images, labels),
+      "input_size": int(model.input_size),
+      "resize_method": model.resize_method,
+      "feature": model.feature,
+      "dtype": config.model.dtype,
+  }
+
+
+def atomic_savez(path: str, **arrays):
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class FeatureCache:
+
+  def __init__(self, root: str):
+    self.root = root
+
+  def path(self, k: dict) -> str:
+    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(self.root, k["preset"], k["dataset"], f"{k['split']}-{digest}.npz")
+
+  def get(self, k: dict):
+    path = self.path(k)
+    if not os.path.isfile(path):
+      return None
+    try:
+      with np.load(path) as f:
+        if json.loads(str(f["key"])) != k:
+          return None
+        return np.asarray(f["features"], np.float32)
+    except (OSError, ValueError, KeyError):  # unreadable entry: recompute and replace it
+      return None
+
+  def put(self, k: dict, features: np.ndarray):
+    path = self.path(k)
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      atomic_savez(path, features=np.asarray(features, np.float32),
+                   key=np.asarray(json.dumps(k, sort_keys=True)))
+    except OSError as e:
+      raise OSError(f"cannot write the feature cache entry {path} ({e.strerror}); free disk space "
+                    "or pass another --config.fm.cache_dir") from None
+
+  def get_or_compute(self, k: dict, compute):
+    """(features, hit): the stored features, or compute() stored for next time."""
+    cached = self.get(k)
+    if cached is not None:
+      return cached, True
+    features = compute()
+    self.put(k, features)
+    return features, False

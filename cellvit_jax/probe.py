@@ -1,0 +1,191 @@
+"""mode=probe: a linear probe of a frozen foundation model.
+
+    python -m cellvit_jax.main --config=configs/fm.py:phikon,probe --config.fm.weights=DIR
+
+The backbone runs once per image: features of the FlagLimit training subset, the val and
+the test split are computed once and cached on disk (feature_cache.py), then a
+multinomial logistic regression (logistic.py, L-BFGS) is fitted with its L2 strength
+chosen on val.  Writes results.json (the shape train.py writes, plus the probe's choices
+and timings) and probe_head.npz: the head with the feature standardisation folded in, so
+restore.load_run gives a Run whose forward is backbone -> head like a fine-tuned FM.
+"""
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from cellvit_jax import feature_cache, logistic, metrics, parallel, steps
+from cellvit_jax import workdir as workdir_lib
+from cellvit_jax.data import datasets, flaglimit, pipeline
+from cellvit_jax.models import fm_presets, fm_weights, foundation
+from cellvit_jax.ops import normalize
+
+HEAD_FILE = "probe_head.npz"
+
+
+def feature_extractor(model, params, mesh, batch_size: int):
+  """`images uint8 (N, H, W, 3) -> float32 features (N, D)`, in fixed-shape sharded batches."""
+  rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  fn = jax.jit(lambda p, x, mask: (model.apply({"params": p}, normalize.to_float(x)), mask),
+               in_shardings=(rep, data, data), out_shardings=rep)
+
+  def extract(images):
+    out = []
+    labels = np.zeros(len(images), np.int32)
+    for batch in pipeline.eval_batches(images, labels, batch_size):
+      b = parallel.shard_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
+      f, mask = jax.device_get(fn(params, b["image"], b["mask"]))
+      out.append(np.asarray(f)[np.asarray(mask)])  # the global mask: right on every host
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  return extract
+
+
+def _metrics(params, x, y, class_names):
+  preds = logistic.predict(params, x)
+  return metrics.from_confusion(metrics.confusion(y, preds, len(class_names)), class_names)
+
+
+def check_config(config, mesh):
+  """Everything checkable before a file is written or data is built."""
+  model = foundation.build(config, 0)  # preset, weights directory, input size
+  flaglimit.select([0], config.dataset.flaglimit, config.seed)
+  datasets.synthetic_spec(config.dataset)
+  datasets.check_available(config.dataset.name, config.dataset.data_dir)
+  parallel.check_batch_size(config.fm.feature_batch_size, mesh, "config.fm.feature_batch_size")
+  grid = tuple(float(v) for v in config.fm.probe_l2_grid)
+  if not grid or any(not v >= 0 for v in grid):
+    raise ValueError(f"config.fm.probe_l2_grid={tuple(config.fm.probe_l2_grid)} must be a "
+                     "non-empty sequence of L2 strengths >= 0")
+  return model, grid
+
+
+def train_probe(config, workdir: str) -> dict:
+  mesh = parallel.make_mesh()
+  model, grid = check_config(config, mesh)
+  workdir = workdir_lib.prepare(workdir, config)
+  results_path = os.path.join(workdir, "results.json")
+  if os.path.exists(results_path) and os.path.exists(os.path.join(workdir, HEAD_FILE)):
+    logging.info("%s already holds a finished probe; not refitting.", workdir)
+    with open(results_path) as f:
+      return json.load(f)
+  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
+                                  synthetic=datasets.synthetic_spec(config.dataset),
+                                  log=logging.info)
+  ckpt = foundation.checkpoint_of(config)
+  loaded = {}
+
+  def extract(images):
+    # The weights are read only on the first cache miss: a fully cached probe never loads them.
+    if not loaded:
+      t0 = time.perf_counter()
+      params = parallel.replicate({"backbone": foundation.pretrained_backbone(config, model)}, mesh)
+      loaded["fn"] = feature_extractor(model, params, mesh, config.fm.feature_batch_size)
+      loaded["seconds"] = time.perf_counter() - t0
+    return loaded["fn"](images)
+
+  train_labels = dataset.labels(config.dataset.train_split)
+  subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
+  counts = flaglimit.counts(train_labels, subset, dataset.num_classes)
+  splits = {"train": (config.dataset.train_split, subset)}
+  for role in ("eval", "test"):
+    name = config.dataset[f"{role}_split"]
+    splits[role] = (name, np.arange(len(dataset.labels(name))))
+  cache = feature_cache.FeatureCache(feature_cache.directory(config))
+  feats, cache_info, feature_seconds = {}, {}, {}
+  for role, (split, indices) in splits.items():
+    images, labels = pipeline.load_arrays(dataset.source(split), indices)
+    if len(labels) == 0:
+      raise ValueError(f"split {split!r} of dataset {dataset.name!r} is empty")
+    key = feature_cache.key(config, model, ckpt, dataset.name, split, images, labels)
+    t = time.perf_counter()
+    x, hit = cache.get_or_compute(key, lambda: extract(images))
+    feature_seconds[role] = time.perf_counter() - t
+    feats[role] = (x, labels)
+    cache_info[role] = {"split": split, "hit": hit, "path": cache.path(key)}
+    logging.info("%s features (%s, %d x %d): cache %s, %.1f s", role, split, *x.shape,
+                 "hit" if hit else "miss", feature_seconds[role])
+
+  t = time.perf_counter()
+  (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = feats["train"], feats["eval"], feats["test"]
+  mean, std = logistic.standardize_stats(x_tr)
+  z = lambda x: (x - mean) / std
+  head, l2, scores = logistic.fit_with_validation(
+      z(x_tr), y_tr, z(x_val), y_val, dataset.num_classes, grid, config.fm.probe_max_steps)
+  head_seconds = time.perf_counter() - t
+  val = _metrics(head, z(x_val), y_val, dataset.class_names)
+  test = _metrics(head, z(x_te), y_te, dataset.class_names)
+  logging.info("probe: L2 %g chosen on val (val accuracy by L2: %s); test accuracy %.4f", l2,
+               scores, test["accuracy"])
+
+  # The standardisation folded into the head: logits = x @ (W / std) + (b - (mean / std) @ W).
+  w, b = (np.asarray(a, np.float64) for a in head)
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  kernel, bias = w / std[:, None], b - (mean / std) @ w
+  results = {
+      "finished": True,
+      "mode": "probe",
+      "model": config.fm.preset,
+      "dataset": dataset.name,
+      "flaglimit": config.dataset.flaglimit,
+      "seed": config.seed,
+      "train_examples": int(len(subset)),
+      "train_counts": dict(zip(dataset.class_names, counts.tolist())),
+      "num_params": int(sum(np.prod(v.shape) for v in jax.tree.leaves(
+          foundation.backbone_abstract(model)))) + int(kernel.size + bias.size),
+      "feature_dim": int(x_tr.shape[1]),
+      "weights": {"directory": ckpt.directory, "sha256": fm_weights.weights_hash(ckpt),
+                  "architecture": ckpt.describe()},
+      "input_size": model.input_size, "resize_method": model.resize_method,
+      "feature": model.feature,
+      "l2": l2, "val_accuracy_by_l2": {str(k): v for k, v in scores.items()},
+      "cache": cache_info,
+      "seconds": {"load_weights": loaded.get("seconds", 0.0), "features": feature_seconds,
+                  "head": head_seconds},
+      "train_images_per_sec": None,
+      "devices": mesh.devices.size,
+      "platform": jax.devices()[0].platform,
+      "test": test,
+      "val": val,
+      "workdir": workdir,
+      "config": config.to_dict(),
+  }
+  if jax.process_index() == 0:
+    feature_cache.atomic_savez(os.path.join(workdir, HEAD_FILE), kernel=kernel.astype(np.float32),
+                               bias=bias.astype(np.float32), l2=np.float64(l2))
+    workdir_lib.write_json(workdir, "results.json", results)
+  return results
+
+
+def head_state(config, model, workdir: str, mesh):
+  """A TrainState of a finished probe: the published backbone and the stored head."""
+  import optax
+  path = os.path.join(workdir, HEAD_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} holds no finished probe (no {HEAD_FILE}); run it first: "
+                            f"python -m cellvit_jax.main --config=configs/fm.py:"
+                            f"{config.fm.preset},probe --workdir={workdir}")
+  with np.load(path) as f:
+    kernel, bias = f["kernel"], f["bias"]
+  backbone = foundation.pretrained_backbone(config, model)
+  feature_dim = model.hf_config.hidden_size * (2 if model.feature == "cls_mean" else 1)
+  if kernel.shape != (feature_dim, model.num_classes):
+    raise ValueError(f"{path} holds a head of shape {kernel.shape} but the model's features and "
+                     f"classes need {(feature_dim, model.num_classes)}; the weights or dataset "
+                     "changed since the probe ran: rerun it in a new --workdir")
+  params = {"backbone": backbone, "head": {"kernel": kernel, "bias": bias}}
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
+  return parallel.replicate(state, mesh)
+
+
+def run_mode(config, workdir: str):
+  from cellvit_jax import train
+  fm_presets.get(config.fm.preset)
+  results = train_probe(config, workdir)
+  print("\n" + train.summary_table(results))
+  print(f"probe: L2 {results['l2']:g} chosen on val; features "
+        + ", ".join(f"{r} {'cached' if c['hit'] else 'computed'}" for r, c in results["cache"].items()))
+  return results
