@@ -9,9 +9,10 @@ file, and `config.study.set` applies to every row (the dataset, typically):
   --config.study.set.dataset.name=my_cells --config.study.rows=customvit,resnet18
   --config.study.flaglimits="(256, 1024)" --config.study.seeds="(0,)"
 
-FM rows (probe and fine-tune) need the FM modes and their weights: add them with the
-`fm` argument, e.g. --config=configs/study.py:fm (rows phikon/uni/plip x probe/finetune,
-configs/fm.py:<name>,<mode>).  The grid, seeds and blur grid are our choices; the paper
+FM rows: the `fm` argument adds phikon/uni/plip x probe/finetune (configs/fm.py:<fm>,<mode>);
+give each FM's weights folder (docs/foundation_models.md), e.g.
+  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+(and the same for uni_finetune, phikon_*, plip_*).  The grid, seeds and blur grid are our choices; the paper
 publishes only its FlagLimit range (256 ... 16,384).  See docs/study.md.
 """
 import ml_collections
@@ -29,7 +30,9 @@ def get_config(arg: str = ""):
   # name -> {config: spec, set: overrides of that config}; the name is the folder under runs/.
   models = {m: {"config": f"configs/{m}.py", "set": {}} for m in SMALL_MODELS}
   if arg == "fm":
-    models.update({f"{fm}_{mode}": {"config": f"configs/fm.py:{fm},{mode}", "set": {}}
+    # fm.weights per row, e.g. --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+    models.update({f"{fm}_{mode}": {"config": f"configs/fm.py:{fm},{mode}",
+                                    "set": {"fm": {"weights": ""}}}
                    for fm in FMS for mode in FM_MODES})
   elif arg:
     raise ValueError(f"configs/study.py takes no argument or 'fm', got {arg!r}")

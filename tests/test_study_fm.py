@@ -5,6 +5,7 @@ import json
 import os
 
 import ml_collections
+import pytest
 
 import fixtures
 from cellvit_jax import main
@@ -26,6 +27,11 @@ def test_fm_probe_and_finetune_rows(tiny_data_dir, tmp_path):
                           "set": {**fm_set, "train": {"batch_size": 32, "eval_batch_size": 64}}},
   })
   study_dir = str(tmp_path / "study")
+  missing = ml_collections.ConfigDict(config.to_dict())
+  missing.study.models.phikon_probe.set.fm.weights = str(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match="study row 'phikon_(probe|finetune)'.*nowhere"):
+    study.run_mode(missing, study_dir, main.MODES)
+  assert not os.path.exists(study_dir)
   summary = study.run_mode(config, study_dir, main.MODES)
   assert summary["finished"] == [0, 1] and summary["remaining"] == 0
   for row, mode in (("phikon_finetune", "finetune"), ("phikon_probe", "probe")):

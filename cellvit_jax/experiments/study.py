@@ -23,6 +23,7 @@ Two ways to use several processes (config.study.parallel):
 The cost of each row (parameters, XLA GFLOPs per image at the model's input size, images/s
 on this device) is measured once, from the row's first finished run, into cost/<row>.json.
 """
+import importlib
 import json
 import os
 import time
@@ -47,6 +48,11 @@ def _train_mode(config, workdir):
 
 
 DEFAULT_MODES = {"train": _train_mode}
+# Each mode's own cheap config check (no data read, nothing written), run for every row up
+# front; a mode without one is checked when its first cell starts.
+CONFIG_CHECKS = {"train": "cellvit_jax.train:check_config",
+                 "finetune": "cellvit_jax.train:check_config",
+                 "probe": "cellvit_jax.probe:check_config"}
 
 
 def _read_json(path):
@@ -111,12 +117,13 @@ def check(config, modes) -> list:
                        f"install does not provide (modes: {', '.join(sorted(modes))}); install "
                        f"the version that adds it, or leave the row out with "
                        f"--config.study.rows=<other rows>")
-    if mode == "train":  # model kwargs, FlagLimit, dataset, batch sizes: before hours of cells
-      from cellvit_jax import parallel, train
+    if mode in CONFIG_CHECKS:  # model, FM weights, dataset, batch sizes: before hours of cells
+      from cellvit_jax import parallel
+      module, name = CONFIG_CHECKS[mode].split(":")
       try:
-        train.check_config(row_config, parallel.make_mesh())
-      except (ValueError, TypeError) as e:
-        raise ValueError(f"study row {cell.row!r} ({cell.spec}): {e}") from None
+        getattr(importlib.import_module(module), name)(row_config, parallel.make_mesh())
+      except (ValueError, TypeError, OSError) as e:
+        raise ValueError(f"study row {cell.row!r} ({cell.spec}): {' '.join(str(e).split())}") from None
   return study_grid.mine(all_cells, worker)
 
 
