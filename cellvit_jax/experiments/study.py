@@ -123,7 +123,9 @@ def check(config, modes) -> list:
       try:
         getattr(importlib.import_module(module), name)(row_config, parallel.make_mesh())
       except (ValueError, TypeError, OSError) as e:
-        raise ValueError(f"study row {cell.row!r} ({cell.spec}): {' '.join(str(e).split())}") from None
+        raise ValueError(f"study row {cell.row!r} ({cell.spec}): {' '.join(str(e).split())} "
+                         f"(in a study, a row's setting is --config.study.models.{cell.row}.set."
+                         "<key>=...)") from None
   return study_grid.mine(all_cells, worker)
 
 
