@@ -125,34 +125,18 @@ def train_probe(config, workdir: str) -> dict:
   w, b = (np.asarray(a, np.float64) for a in head)
   mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
   kernel, bias = w / std[:, None], b - (mean / std) @ w
-  results = {
-      "finished": True,
-      "mode": "probe",
-      "model": config.fm.preset,
-      "dataset": dataset.name,
-      "flaglimit": config.dataset.flaglimit,
-      "seed": config.seed,
-      "train_examples": int(len(subset)),
-      "train_counts": dict(zip(dataset.class_names, counts.tolist())),
-      "num_params": int(sum(np.prod(v.shape) for v in jax.tree.leaves(
+  results = workdir_lib.results_record(
+      config, dataset, counts, mesh, test, val, workdir, mode="probe", model=config.fm.preset,
+      num_params=int(sum(np.prod(v.shape) for v in jax.tree.leaves(
           foundation.backbone_abstract(model)))) + int(kernel.size + bias.size),
-      "feature_dim": int(x_tr.shape[1]),
-      "weights": {"directory": ckpt.directory, "sha256": fm_weights.weights_hash(ckpt),
-                  "architecture": ckpt.describe()},
-      "input_size": model.input_size, "resize_method": model.resize_method,
-      "feature": model.feature,
-      "l2": l2, "val_accuracy_by_l2": {str(k): v for k, v in scores.items()},
-      "cache": cache_info,
-      "seconds": {"load_weights": loaded.get("seconds", 0.0), "features": feature_seconds,
-                  "head": head_seconds},
-      "train_images_per_sec": None,
-      "devices": mesh.devices.size,
-      "platform": jax.devices()[0].platform,
-      "test": test,
-      "val": val,
-      "workdir": workdir,
-      "config": config.to_dict(),
-  }
+      feature_dim=int(x_tr.shape[1]),
+      weights={"directory": ckpt.directory, "sha256": fm_weights.weights_hash(ckpt),
+               "architecture": ckpt.describe()},
+      input_size=model.input_size, resize_method=model.resize_method, feature=model.feature,
+      l2=l2, val_accuracy_by_l2={str(k): v for k, v in scores.items()}, cache=cache_info,
+      seconds={"load_weights": loaded.get("seconds", 0.0), "features": feature_seconds,
+               "head": head_seconds},
+      train_images_per_sec=None)
   if jax.process_index() == 0:
     feature_cache.atomic_savez(os.path.join(workdir, HEAD_FILE), kernel=kernel.astype(np.float32),
                                bias=bias.astype(np.float32), l2=np.float64(l2))

@@ -192,25 +192,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.close()
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
-  results = {
-      "finished": True,
-      "step": total,
-      "model": config.model.name,
-      "dataset": dataset.name,
-      "flaglimit": config.dataset.flaglimit,
-      "seed": config.seed,
-      "train_examples": int(len(subset)),
-      "train_counts": dict(zip(dataset.class_names, counts.tolist())),
-      "num_params": num_params,
-      "steps": total,
-      "train_images_per_sec": images_per_sec,
-      "devices": mesh.devices.size,
-      "platform": jax.devices()[0].platform,
-      "test": test,
-      "val": val,
-      "workdir": workdir,
-      "config": config.to_dict(),
-  }
+  results = workdir_lib.results_record(
+      config, dataset, counts, mesh, test, val, workdir, step=total, num_params=num_params,
+      steps=total, train_images_per_sec=images_per_sec)
   if is_main:
     workdir_lib.write_json(workdir, "results.json", results)
   return results
