@@ -34,5 +34,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==9.2.0"],
+        # PyTorch baselines of benchmarks/train_step.py (benchmarks/torch_ref/).
+        "bench": ["torch==2.13.0"],
     },
 )
