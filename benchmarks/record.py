@@ -23,12 +23,16 @@ PY = "python"
 BENCHMARKS = (  # (name, command, why)
     ("train_customvit", f"{PY} benchmarks/train_step.py --model=customvit --repeats=5 --steps=2",
      "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, batch 256."),
-    ("train_resnet18", f"{PY} benchmarks/train_step.py --model=resnet18 --repeats=3 --steps=1",
-     "Train step, ResNet-18 (40x40 stem), same comparison, batch 256."),
+    ("train_resnet18", f"{PY} benchmarks/train_step.py --model=resnet18 --batch=32 --repeats=3 --steps=1",
+     "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes tens "
+     "of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun with "
+     "--batch=256 on a faster device."),
     ("profile_customvit_fp32", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=bfloat16",
      "The same for bf16 compute."),
+    ("step_variants", f"{PY} benchmarks/step_variants.py --repeats=4",
+     "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
     ("matmul_shapes", f"{PY} benchmarks/matmul_shapes.py --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
     ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1",
@@ -46,10 +50,13 @@ def sh(cmd: str) -> str:
 
 def machine() -> str:
   cpu = sh("lscpu | grep 'Model name' | sed 's/Model name: *//'")
-  flags = sh("grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx512_vnni' /proc/cpuinfo | sort -u | tr '\\n' ' '")
+  flags = sh("grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx512_vnni' /proc/cpuinfo "
+             "| sort -u | tr '\\n' ' '")
+  versions = sh(PY + " -c 'import jax, torch; print(\"jax\", jax.__version__, \"torch\", torch.__version__)'")
+  commit, branch = sh("git rev-parse --short HEAD"), sh("git rev-parse --abbrev-ref HEAD")
   return (f"- CPU: {cpu}; {os.cpu_count()} cores visible; bf16-relevant flags: {flags or 'none'}\n"
-          f"- Python {platform.python_version()}; {sh(PY + ' -c \"import jax, torch; print(\\\"jax\\\", jax.__version__, \\\"torch\\\", torch.__version__)\"')}\n"
-          f"- git: {sh('git rev-parse --short HEAD')} ({sh('git rev-parse --abbrev-ref HEAD')})")
+          f"- Python {platform.python_version()}; {versions}\n"
+          f"- git: {commit} ({branch})")
 
 
 def main():
