@@ -63,12 +63,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="comma-separated names (default: all)")
   parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+  parser.add_argument("--append", action="store_true",
+                      help="append the runs to an existing --output instead of rewriting it")
   parser.add_argument("--timeout", type=int, default=600, help="seconds per benchmark")
   args = parser.parse_args()
   only = set(filter(None, args.only.split(",")))
   env = dict(os.environ, PYTHONPATH=ROOT)
   start = datetime.datetime.now(datetime.timezone.utc)
-  parts = [
+  header = [
       "# Speed benchmarks: recorded output\n",
       f"Written by `PYTHONPATH=. python benchmarks/record.py` (run from the repository root) on "
       f"{start:%Y-%m-%d %H:%M} UTC. Raw output of each command below; interpretation in "
@@ -79,6 +81,10 @@ def main():
       "- GPU/TPU: none. The issue's GPU step needs a lent accelerator; this task was not lent "
       "one, so every number here is from the CPU.\n",
   ]
+  if args.append:  # a later run of some entries, with its own date, commit and load
+    header = [f"# Appended run, {start:%Y-%m-%d %H:%M} UTC\n", machine() + "\n",
+              f"- load at start (uptime): {sh('uptime')}\n"]
+  parts = list(header)
   for name, cmd, why in BENCHMARKS:
     if only and name not in only:
       continue
@@ -96,7 +102,9 @@ def main():
                  f"exit status {rc}, {wall:.0f} s wall.\n")
   parts.append(f"Finished {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
                f"load (uptime): {sh('uptime')}\n")
-  with open(args.output, "w") as f:
+  with open(args.output, "a" if args.append else "w") as f:
+    if args.append:
+      f.write("\n")
     f.write("\n".join(parts))
   print(f"wrote {args.output}")
 

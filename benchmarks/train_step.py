@@ -196,14 +196,16 @@ def main():
   for k, s in step_s.items():
     spread = f"[{min(times[k]) * 1e3:.0f}-{max(times[k]) * 1e3:.0f}]"
     print(f"{k:22s} step {s * 1e3:8.1f} ms {spread:>13s}  {args.batch / s:8.1f} img/s")
-  if "jax float32" in step_s and "torch float32" in step_s:
-    print(f"JAX/PyTorch-fp32 = {step_s['torch float32'] / step_s['jax float32']:.2f}")
-  if "jax bfloat16" in step_s and "torch bf16-autocast" in step_s:
-    print(f"JAX-bf16/PyTorch-bf16 = {step_s['torch bf16-autocast'] / step_s['jax bfloat16']:.2f}")
-  if "jax bfloat16" in step_s and "jax float32" in step_s:
-    print(f"JAX-bf16/JAX-fp32 = {step_s['jax float32'] / step_s['jax bfloat16']:.2f}")
-  if "torch bf16-autocast" in step_s and "torch float32" in step_s:
-    print(f"PyTorch-bf16/PyTorch-fp32 = {step_s['torch float32'] / step_s['torch bf16-autocast']:.2f}")
+  # Ratios of the medians, and in brackets the range of the per-repeat ratios (the variants of
+  # one repeat ran back to back, under nearly the same load).
+  for label, num, den in (("JAX/PyTorch-fp32", "torch float32", "jax float32"),
+                          ("JAX-bf16/PyTorch-bf16", "torch bf16-autocast", "jax bfloat16"),
+                          ("JAX-bf16/JAX-fp32", "jax float32", "jax bfloat16"),
+                          ("PyTorch-bf16/PyTorch-fp32", "torch float32", "torch bf16-autocast")):
+    if num in step_s and den in step_s:
+      paired = np.array(times[num]) / np.array(times[den])
+      print(f"{label} = {step_s[num] / step_s[den]:.2f}  (per repeat {paired.min():.2f}-"
+            f"{paired.max():.2f})")
   for d in dtypes:  # per repeat: achieved FLOP/s over that repeat's matmul FLOP/s
     fracs = [flops[d] / t / p for t, p in zip(times[f"jax {d}"], peaks[d])]
     label = "fraction of measured matmul peak" + ("" if d == "float32" else f" ({d})")
