@@ -3,6 +3,8 @@
 Same parameter count at the default (benchmarked) fields; and, with the Flax parameters
 copied in, the same eval-mode logits on random input (small widths keep this fast).
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,16 @@ def _flax_params(model, size=40):
 def test_parameter_count_matches_flax(name):
   _, flax_count = _flax_params(models.build(name, 4))
   torch_model = torch_ref.build(name, 4)
+  assert sum(p.numel() for p in torch_model.parameters()) == flax_count
+
+
+@pytest.mark.parametrize("name", ["customvit", "resnet18", "vit_small", "resnet50"])
+def test_builds_from_the_shipped_config(name):
+  """The benchmark builds the port with configs/<name>.py's model kwargs."""
+  from cellvit_jax import main
+  config = main.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+  _, flax_count = _flax_params(models.build(name, 4, **config.model.kwargs))
+  torch_model = torch_ref.build(name, 4, **config.model.kwargs)
   assert sum(p.numel() for p in torch_model.parameters()) == flax_count
 
 

@@ -52,7 +52,10 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  def __init__(self, num_classes: int, stage_sizes, bottleneck: bool, width: int = 64):
+  """Takes the Flax ResNet's config fields; bn_momentum is Flax's (PyTorch's is 1 - it)."""
+
+  def __init__(self, num_classes: int, stage_sizes=(2, 2, 2, 2), bottleneck: bool = False,
+               width: int = 64, zero_init_residual: bool = False, bn_momentum: float = 0.9):
     super().__init__()
     block_cls = Bottleneck if bottleneck else BasicBlock
     self.stem = ConvBN(3, width, 3)
@@ -65,6 +68,12 @@ class ResNet(nn.Module):
     self.head = nn.Linear(cin, num_classes)
     nn.init.zeros_(self.head.weight)
     nn.init.zeros_(self.head.bias)
+    for m in self.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.momentum = 1.0 - bn_momentum
+    if zero_init_residual:  # the last BN scale of each block at zero, as the Flax module does
+      for block in blocks:
+        nn.init.zeros_((block.conv3 if bottleneck else block.conv2).bn.weight)
     self.stage_sizes = tuple(stage_sizes)
 
   def forward(self, x):
@@ -72,12 +81,12 @@ class ResNet(nn.Module):
     return self.head(x.mean(dim=(2, 3)))
 
 
-def ResNet18(num_classes: int, width: int = 64, zero_init_residual=False, bn_momentum=0.9):
-  return ResNet(num_classes, (2, 2, 2, 2), False, width)
+def ResNet18(num_classes: int, **kwargs):
+  return ResNet(num_classes, **{"stage_sizes": (2, 2, 2, 2), "bottleneck": False, **kwargs})
 
 
-def ResNet50(num_classes: int, width: int = 64, zero_init_residual=False, bn_momentum=0.9):
-  return ResNet(num_classes, (3, 4, 6, 3), True, width)
+def ResNet50(num_classes: int, **kwargs):
+  return ResNet(num_classes, **{"stage_sizes": (3, 4, 6, 3), "bottleneck": True, **kwargs})
 
 
 def _t(a):
