@@ -126,6 +126,15 @@ def main():
   small_ms = sum(ms for _, ms in small)
   print(f"  ops with outputs < 100k elements (optimizer, norms, bias grads): {len(small)} ops, "
         f"{small_ms:.1f} ms  {small_ms / total:6.1%}")
+  # The elementwise class by fusion family (the name without its .N suffix): transposes and
+  # copies that put dot operands into the layout the matmul kernels take show up here.
+  families = collections.Counter()
+  for name, ms in per_op.items():
+    if classify(name, instrs, comps) == "elementwise":
+      families[name.rsplit(".", 1)[0]] += ms
+  print("  elementwise by fusion family:")
+  for fam, ms in families.most_common(8):
+    print(f"    {fam:28s} {ms:8.1f} ms  {ms / total:6.1%}")
   print(f"top {args.top} ops:")
   for name, ms in per_op.most_common(args.top):
     op, shape, _ = instrs.get(name, ("?", "?", None))
