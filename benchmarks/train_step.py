@@ -7,7 +7,7 @@ JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips
 normalise -> model -> label-smoothed cross-entropy -> grad-norm clip + AdamW, state donated),
 built from configs/<model>.py with config.model.dtype set per variant (params stay fp32).
 PyTorch: the same architecture from benchmarks/torch_ref/ (equal parameter count, printed),
-eager mode, the same step (uint8 -> per-sample dihedral -> normalise -> forward -> label-
+eager mode (on CUDA when torch sees a GPU), the same step (uint8 -> per-sample dihedral -> normalise -> forward -> label-
 smoothed CE -> backward -> clip_grad_norm_ -> AdamW with decay on matrices only), fp32 and
 under torch.autocast('cpu', bfloat16).
 
@@ -102,26 +102,28 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int):
   import torch.nn.functional as F
   from benchmarks import torch_ref
   config = load(model_name)
-  model = torch_ref.build(model_name, NUM_CLASSES, **config.model.kwargs).train()
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as JAX
+  model = torch_ref.build(model_name, NUM_CLASSES, **config.model.kwargs).train().to(device)
   o = config.optim
   decay = [p for p in model.parameters() if p.ndim > 1]
   no_decay = [p for p in model.parameters() if p.ndim <= 1]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.b1, o.b2))
-  mean = torch.tensor(config.normalize.mean).view(1, 3, 1, 1)
-  std = torch.tensor(config.normalize.std).view(1, 3, 1, 1)
+  mean = torch.tensor(config.normalize.mean, device=device).view(1, 3, 1, 1)
+  std = torch.tensor(config.normalize.std, device=device).view(1, 3, 1, 1)
   rng = np.random.default_rng(0)
-  images = torch.from_numpy(rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int64))
+  images = torch.from_numpy(rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                         dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int64)).to(device)
 
   def step():
     x = images.permute(0, 3, 1, 2).float() / 255.0
-    sel = lambda: (torch.rand(batch_size) < 0.5).view(-1, 1, 1, 1)
+    sel = lambda: (torch.rand(batch_size, device=device) < 0.5).view(-1, 1, 1, 1)
     x = torch.where(sel(), x.transpose(2, 3), x)
     x = torch.where(sel(), x.flip(2), x)
     x = torch.where(sel(), x.flip(3), x)
     x = (x - mean) / std
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
       logits = model(x)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
     opt.zero_grad(set_to_none=True)
@@ -134,6 +136,8 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int):
     start = time.perf_counter()
     for _ in range(n):
       step()
+    if device == "cuda":
+      torch.cuda.synchronize()
     return (time.perf_counter() - start) / n
 
   run(1)
@@ -163,7 +167,8 @@ def main():
           f"{flops[d] / 1e9:.1f} G ({flops[d] / args.batch / 1e9:.3f} G/image)")
   if not args.no_torch:
     import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     for bf16 in (False, True):
       run, params = torch_variant(args.model, bf16, args.batch)
       variants["torch bf16-autocast" if bf16 else "torch float32"] = run
