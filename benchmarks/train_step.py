@@ -7,9 +7,9 @@ JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips
 normalise -> model -> label-smoothed cross-entropy -> grad-norm clip + AdamW, state donated),
 built from configs/<model>.py with config.model.dtype set per variant (params stay fp32).
 PyTorch: the same architecture from benchmarks/torch_ref/ (equal parameter count, printed),
-eager mode (on CUDA when torch sees a GPU), the same step (uint8 -> per-sample dihedral -> normalise -> forward -> label-
-smoothed CE -> backward -> clip_grad_norm_ -> AdamW with decay on matrices only), fp32 and
-under torch.autocast('cpu', bfloat16).
+eager mode, on CUDA when torch sees a GPU, the same step (uint8 -> per-sample dihedral ->
+normalise -> forward -> label-smoothed CE -> backward -> clip_grad_norm_ -> AdamW with decay
+on matrices only), fp32 and under torch.autocast(device, bfloat16).
 
 Timing: each repeat times `--steps` consecutive steps per variant (JAX dispatches them
 asynchronously and is blocked on once at the end), the variants interleaved within the
