@@ -35,9 +35,15 @@ BENCHMARKS = (  # (name, command, why)
      "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
     ("matmul_shapes", f"{PY} benchmarks/matmul_shapes.py --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
-    ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1",
+    ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(
+        f"configs/{m}.py" for m in ("customvit", "resnet18", "resnet50", "densenet121",
+                                    "efficientnet_b0", "convnext_tiny")),
      "Inference cost (the study's cost table): parameters, GFLOPs/image, images/s at batch 1 and 256, "
-     "all eight models, config dtype (float32)."),
+     "config dtype (float32); six models here, the two transformers in cost_vit_swin (one run of "
+     "all eight passes ten minutes on this shared CPU)."),
+    ("cost_vit_swin", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 "
+     "--configs=configs/vit_small.py,configs/swin_tiny.py",
+     "Inference cost of ViT-S and Swin-T, as above."),
 )
 
 
