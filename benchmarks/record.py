@@ -33,8 +33,6 @@ BENCHMARKS = (  # (name, command, why)
      "The same for bf16 compute."),
     ("step_variants", f"{PY} benchmarks/step_variants.py --repeats=4",
      "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
-    ("scale_ab", f"{PY} benchmarks/step_variants.py --variants=library,scale_logits --repeats=8",
-     "The one change kept: attention scale on q (library) vs on the logits (main before)."),
     ("matmul_shapes", f"{PY} benchmarks/matmul_shapes.py --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
     ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(

@@ -7,8 +7,7 @@ names unchanged) and builds the same jitted step as benchmarks/train_step.py; th
 are timed one step each, interleaved, `--repeats` times; median and min are printed, and
 the median ratio to 'library'. Variants:
   library        cellvit_jax as it is (layers.SelfAttention, layers.DropPath, optax chain);
-  scale_logits   the 1/sqrt(head_dim) scale on the (B, H, N, N) logits (main before this branch;
-                 the library now folds it into q);
+  scale_q        the 1/sqrt(head_dim) scale folded into q instead of the (B, H, N, N) logits;
   heads_major    q, k, v moved to (B, H, N, d) by one transpose of the qkv output, scale on q;
   dpa            jax.nn.dot_product_attention on the (B, N, H, d) q, k, v (XLA implementation);
   droppath_mul   DropPath as x * (mask / keep) instead of where(mask, x / keep, 0);
@@ -37,10 +36,11 @@ def _qkv(self, x):
 
 
 @nn.compact
-def scale_logits(self, x, train, bias=None):
+def scale_q(self, x, train, bias=None):
   b, n, d = x.shape
   qkv, hd = _qkv(self, x)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", qkv[:, :, 0], qkv[:, :, 1]).astype(jnp.float32) * hd ** -0.5
+  q = qkv[:, :, 0] * jnp.asarray(hd ** -0.5, self.dtype)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1]).astype(jnp.float32)
   attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", attn, qkv[:, :, 2]).reshape(b, n, d)
   return nn.Dense(d, dtype=self.dtype, name="proj")(out)
@@ -78,7 +78,7 @@ def droppath_mul(self, x, train):
 # Subclasses (not patched methods) so that Flax wraps __call__ and scopes the submodules as usual;
 # EncoderBlock looks `layers.SelfAttention` / `layers.DropPath` up when it is called.
 ATTENTION = {name: type(f"SelfAttention_{name}", (layers.SelfAttention,), {"__call__": fn})
-             for name, fn in (("scale_logits", scale_logits), ("heads_major", heads_major), ("dpa", dpa))}
+             for name, fn in (("scale_q", scale_q), ("heads_major", heads_major), ("dpa", dpa))}
 DropPathMul = type("DropPathMul", (layers.DropPath,), {"__call__": droppath_mul})
 
 
@@ -102,7 +102,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--repeats", type=int, default=6)
-  parser.add_argument("--variants", default="library,scale_logits,heads_major,dpa,droppath_mul,flat_optim")
+  parser.add_argument("--variants", default="library,scale_q,heads_major,dpa,droppath_mul,flat_optim")
   args = parser.parse_args()
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   mesh = parallel.make_mesh()

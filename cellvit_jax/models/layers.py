@@ -76,11 +76,7 @@ class SelfAttention(nn.Module):
       scale = 1.0 / jnp.exp(log_temp)
     else:
       scale = head_dim ** -0.5
-    # The scale goes on q (B*N*D products), not on the (B, H, N, N) logits: XLA:CPU
-    # materialised the scalar broadcast to the full logits shape (125 MB at batch 256) as an
-    # operand of every attention fusion (benchmarks/FINDINGS.md).
-    q = q * jnp.asarray(scale, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if self.locality:
