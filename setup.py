@@ -39,5 +39,7 @@ setuptools.setup(
                  "nbformat==5.11.1", "ipykernel==7.4.0"],
         # The FM parity tests run the PyTorch reference implementations (tests/test_foundation_parity.py).
         "parity": ["torch==2.13.0"],
+        # PyTorch baselines of benchmarks/train_step.py (benchmarks/torch_ref/).
+        "bench": ["torch==2.13.0"],
     },
 )

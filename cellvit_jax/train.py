@@ -26,12 +26,18 @@ from cellvit_jax.data import datasets, flaglimit, pipeline
 
 def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) -> dict:
   """Metrics of `state` on a whole split (fixed-shape, padded and masked batches)."""
-  preds, loss_sum = [], 0.0
+  outs, counts = [], []
   for batch in pipeline.eval_batches(images, labels, batch_size):
-    out = eval_step(state, parallel.shard_batch(batch, mesh))
-    pred = np.asarray(jax.device_get(out["pred"]))
-    preds.append(pred[:int(batch["mask"].sum())] if jax.process_count() == 1 else pred)
-    loss_sum += float(out["loss_sum"])
+    # Dispatched asynchronously and fetched once after the loop: the host prepares the next
+    # batch while the device runs this one (a per-batch device_get would serialise them).
+    outs.append(eval_step(state, parallel.shard_batch(batch, mesh)))
+    counts.append(int(batch["mask"].sum()))
+  outs = jax.device_get(outs)
+  preds = [np.asarray(o["pred"])[:n] if jax.process_count() == 1 else np.asarray(o["pred"])
+           for o, n in zip(outs, counts)]
+  loss_sum = 0.0
+  for o in outs:
+    loss_sum += float(o["loss_sum"])
   preds = np.concatenate(preds)[:len(labels)]
   result = metrics.from_confusion(metrics.confusion(labels, preds, len(class_names)), class_names)
   result["loss"] = loss_sum / max(len(labels), 1)

@@ -1,0 +1,119 @@
+"""Runs the speed benchmarks and writes benchmarks/RESULTS.md: each command line and its raw output.
+
+    PYTHONPATH=. python benchmarks/record.py [--only=train_customvit,cost] [--output=benchmarks/RESULTS.md]
+
+Every entry of BENCHMARKS is run in a fresh process from the repository root (so the
+outputs are independent: no shared JIT caches or warm torch threads), with stdout and
+stderr captured together, in order, and written verbatim under the command that produced
+it, preceded by the date, the machine (CPU model, cores, bf16/AMX CPU flags, `uptime` load)
+and the git commit. Copy a command to rerun one benchmark. Interpretation lives in
+benchmarks/FINDINGS.md, written by hand from a recording; this file only records.
+"""
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = "python"
+
+BENCHMARKS = (  # (name, command, why)
+    ("train_customvit", f"{PY} benchmarks/train_step.py --model=customvit --repeats=5 --steps=2",
+     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, batch 256."),
+    ("train_resnet18", f"{PY} benchmarks/train_step.py --model=resnet18 --batch=32 --repeats=3 --steps=1",
+     "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes tens "
+     "of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun with "
+     "--batch=256 on a faster device."),
+    ("profile_customvit_fp32", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=float32",
+     "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
+    ("profile_customvit_bf16", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=bfloat16",
+     "The same for bf16 compute."),
+    ("step_variants", f"{PY} benchmarks/step_variants.py --repeats=4",
+     "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
+    ("matmul_shapes", f"{PY} benchmarks/matmul_shapes.py --repeats=3",
+     "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
+    ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(
+        f"configs/{m}.py" for m in ("customvit", "resnet18", "resnet50", "densenet121",
+                                    "efficientnet_b0", "convnext_tiny")),
+     "Inference cost (the study's cost table): parameters, GFLOPs/image, images/s at batch 1 and 256, "
+     "config dtype (float32); six models here, the two transformers in cost_vit_swin (one run of "
+     "all eight passes ten minutes on this shared CPU)."),
+    ("cost_vit_swin", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 "
+     "--configs=configs/vit_small.py,configs/swin_tiny.py",
+     "Inference cost of ViT-S and Swin-T, as above."),
+)
+
+
+def sh(cmd: str) -> str:
+  try:
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+  except Exception as e:  # a missing tool must not stop the recording
+    return f"({cmd!r} failed: {e})"
+
+
+def machine() -> str:
+  cpu = sh("lscpu | grep 'Model name' | sed 's/Model name: *//'")
+  flags = sh("grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx512_vnni' /proc/cpuinfo "
+             "| sort -u | tr '\\n' ' '")
+  versions = sh(PY + " -c 'import jax, torch; print(\"jax\", jax.__version__, \"torch\", torch.__version__)'")
+  commit, branch = sh("git rev-parse --short HEAD"), sh("git rev-parse --abbrev-ref HEAD")
+  return (f"- CPU: {cpu}; {os.cpu_count()} cores visible; bf16-relevant flags: {flags or 'none'}\n"
+          f"- Python {platform.python_version()}; {versions}\n"
+          f"- git: {commit} ({branch})")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", default="", help="comma-separated names (default: all)")
+  parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+  parser.add_argument("--append", action="store_true",
+                      help="append the runs to an existing --output instead of rewriting it")
+  parser.add_argument("--timeout", type=int, default=600, help="seconds per benchmark")
+  args = parser.parse_args()
+  only = set(filter(None, args.only.split(",")))
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  start = datetime.datetime.now(datetime.timezone.utc)
+  header = [
+      "# Speed benchmarks: recorded output\n",
+      f"Written by `PYTHONPATH=. python benchmarks/record.py` (run from the repository root) on "
+      f"{start:%Y-%m-%d %H:%M} UTC. Raw output of each command below; interpretation in "
+      "[FINDINGS.md](FINDINGS.md). The machine is shared, so absolute numbers move with the "
+      "load printed in each block; compare ratios taken within one block.\n",
+      machine() + "\n",
+      f"- load at start (uptime): {sh('uptime')}\n",
+      "- GPU/TPU: none. The issue's GPU step needs a lent accelerator; this task was not lent "
+      "one, so every number here is from the CPU.\n",
+  ]
+  if args.append:  # a later run of some entries, with its own date, commit and load
+    header = [f"# Appended run, {start:%Y-%m-%d %H:%M} UTC\n", machine() + "\n",
+              f"- load at start (uptime): {sh('uptime')}\n"]
+  parts = list(header)
+  for name, cmd, why in BENCHMARKS:
+    if only and name not in only:
+      continue
+    print(f"== {name}: {cmd}", flush=True)
+    t0 = time.time()
+    try:
+      proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
+      out, rc = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as e:
+      out, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+    wall = time.time() - t0
+    print(out, flush=True)
+    parts.append(f"## {name}\n\n{why}\n\n```\n$ PYTHONPATH=. {cmd}\n{out.rstrip()}\n```\n"
+                 f"exit status {rc}, {wall:.0f} s wall.\n")
+  parts.append(f"Finished {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+               f"load (uptime): {sh('uptime')}\n")
+  with open(args.output, "a" if args.append else "w") as f:
+    if args.append:
+      f.write("\n")
+    f.write("\n".join(parts))
+  print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,223 @@
+"""Train-step images/s of a model: JAX (fp32 and bf16 compute) next to its PyTorch port.
+
+    PYTHONPATH=. python benchmarks/train_step.py --model=customvit [--batch=256] \
+        [--dtype=float32,bfloat16] [--repeats=5] [--steps=2] [--no-torch]
+
+JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips/rot90 ->
+normalise -> model -> label-smoothed cross-entropy -> grad-norm clip + AdamW, state donated),
+built from configs/<model>.py with config.model.dtype set per variant (params stay fp32).
+PyTorch: the same architecture from benchmarks/torch_ref/ (equal parameter count, printed),
+eager mode, on CUDA when torch sees a GPU, the same step (uint8 -> per-sample dihedral ->
+normalise -> forward -> label-smoothed CE -> backward -> clip_grad_norm_ -> AdamW with decay
+on matrices only), fp32 and under torch.autocast(device, bfloat16).
+
+Timing: each repeat times `--steps` consecutive steps per variant (JAX dispatches them
+asynchronously and is blocked on once at the end), the variants interleaved within the
+repeat, so load changes on this shared machine hit all of them alike; the median over
+repeats is reported. Compilation and one warm-up step are outside the timing.
+
+Peak: FLOPs of the compiled train step from XLA's cost analysis (experiments.cost.xla_flops)
+divided by the step time, over the FLOP/s of a 2048x2048 jnp matmul of the same dtype timed
+inside every repeat (median over repeats of the per-repeat fraction; a 4096 matmul is timed
+once for reference). Prints comparable lines:
+  JAX/PyTorch-fp32 = R             (JAX fp32 step vs PyTorch fp32 step)
+  JAX-bf16/PyTorch-bf16 = R        (JAX bf16 compute vs PyTorch bf16 autocast)
+  fraction of measured matmul peak = F   (JAX fp32)
+"""
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cellvit_jax import main as cellvit_main
+from cellvit_jax import models, parallel, steps
+from cellvit_jax.experiments.cost import xla_flops
+
+NUM_CLASSES = 4
+IMAGE_SIZE = 40
+
+
+def load(model_name: str):
+  return cellvit_main.load_config_file(os.path.join("configs", f"{model_name}.py"))
+
+
+def matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:
+  """FLOP/s of one jitted n x n x n jnp matmul (median of `repeats` after a warm-up)."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, a))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(a, a))
+    times.append(time.perf_counter() - start)
+  return 2 * n ** 3 / float(np.median(times))
+
+
+def torch_matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:
+  import torch
+  a = torch.randn(n, n).to(dtype)
+  a @ a
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ a
+    times.append(time.perf_counter() - start)
+  return 2 * n ** 3 / float(np.median(times))
+
+
+def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compiled=False):
+  """-> (run(n): seconds per step over n steps, XLA FLOPs per step, parameter count[, compiled])."""
+  config = load(model_name)
+  config.model.dtype = dtype
+  model = models.build(model_name, NUM_CLASSES, dtype=steps.compute_dtype(dtype), **config.model.kwargs)
+  tx, schedule = steps.make_optimizer(config, total_steps=10_000, steps_per_epoch=100)
+  train_step, _ = steps.make_steps(model, config, schedule, mesh)
+  rng = np.random.default_rng(0)
+  batch = parallel.shard_batch({
+      "image": rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+      "label": rng.integers(0, NUM_CLASSES, (batch_size,), dtype=np.int32)}, mesh)
+  holder = {"state": steps.create_state(jax.random.key(0), model, tx, IMAGE_SIZE, mesh)}
+  key = jax.random.key(1)
+  compiled = train_step.lower(holder["state"], batch, key).compile()
+  flops = xla_flops(compiled)
+  params = sum(x.size for x in jax.tree.leaves(holder["state"].params))
+
+  def run(n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):  # async dispatch: no host sync until the end
+      holder["state"], metrics = compiled(holder["state"], batch, jax.random.fold_in(key, i))
+    jax.block_until_ready((holder["state"], metrics))
+    return (time.perf_counter() - start) / n
+
+  run(1)  # warm-up
+  return (run, flops, params, compiled) if return_compiled else (run, flops, params)
+
+
+def torch_variant(model_name: str, bf16: bool, batch_size: int):
+  import torch
+  import torch.nn.functional as F
+  from benchmarks import torch_ref
+  config = load(model_name)
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as JAX
+  model = torch_ref.build(model_name, NUM_CLASSES, **config.model.kwargs).train().to(device)
+  o = config.optim
+  decay = [p for p in model.parameters() if p.ndim > 1]
+  no_decay = [p for p in model.parameters() if p.ndim <= 1]
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.b1, o.b2))
+  mean = torch.tensor(config.normalize.mean, device=device).view(1, 3, 1, 1)
+  std = torch.tensor(config.normalize.std, device=device).view(1, 3, 1, 1)
+  rng = np.random.default_rng(0)
+  images = torch.from_numpy(rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                         dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int64)).to(device)
+
+  def step():
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    sel = lambda: (torch.rand(batch_size, device=device) < 0.5).view(-1, 1, 1, 1)
+    x = torch.where(sel(), x.transpose(2, 3), x)
+    x = torch.where(sel(), x.flip(2), x)
+    x = torch.where(sel(), x.flip(3), x)
+    x = (x - mean) / std
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+      logits = model(x)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if o.grad_clip:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+    opt.step()
+
+  def run(n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      step()
+    if device == "cuda":
+      torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+  run(1)
+  return run, sum(p.numel() for p in model.parameters())
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="customvit", choices=models.names())
+  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--dtype", default="float32,bfloat16",
+                      help="JAX compute dtypes to time (comma-separated)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=2, help="steps per timed repeat")
+  parser.add_argument("--no-torch", action="store_true")
+  args = parser.parse_args()
+
+  print(f"load (uptime): {os.popen('uptime').read().strip()}")
+  print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
+  mesh = parallel.make_mesh()
+  dtypes = [d for d in args.dtype.split(",") if d]
+  variants, flops = {}, {}
+  for d in dtypes:
+    run, flops[d], params = jax_variant(args.model, d, args.batch, mesh)
+    variants[f"jax {d}"] = run
+    print(f"{args.model}: {params:,} parameters; XLA FLOPs per train step ({d}) = "
+          f"{flops[d] / 1e9:.1f} G ({flops[d] / args.batch / 1e9:.3f} G/image)")
+  if not args.no_torch:
+    import torch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    for bf16 in (False, True):
+      run, params = torch_variant(args.model, bf16, args.batch)
+      variants["torch bf16-autocast" if bf16 else "torch float32"] = run
+    print(f"torch port: {params:,} parameters")
+
+  # Matmul peaks are timed inside every repeat, next to the steps, so that a load change on
+  # this shared machine moves the step time and the peak it is divided by together.
+  peak_dtypes = {d: steps.compute_dtype(d) for d in dtypes}
+  for d, jd in peak_dtypes.items():
+    print(f"jnp matmul {d} 4096 (reference, once): {matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
+  times = {k: [] for k in variants}
+  peaks = {d: [] for d in dtypes}
+  torch_peaks = {"float32": [], "bfloat16": []}
+  for _ in range(args.repeats):
+    for d, jd in peak_dtypes.items():
+      peaks[d].append(matmul_flops_per_sec(jd, 2048))
+    if not args.no_torch:
+      for name, td in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        torch_peaks[name].append(torch_matmul_flops_per_sec(td, 2048))
+    for k, run in variants.items():
+      times[k].append(run(args.steps))
+  for d in dtypes:
+    print(f"jnp matmul {d} 2048: median {np.median(peaks[d]) / 1e9:.0f} GFLOP/s "
+          f"[{min(peaks[d]) / 1e9:.0f}-{max(peaks[d]) / 1e9:.0f}]")
+  for name, v in torch_peaks.items():
+    if v:
+      print(f"torch matmul {name} 2048: median {np.median(v) / 1e9:.0f} GFLOP/s "
+            f"[{min(v) / 1e9:.0f}-{max(v) / 1e9:.0f}]")
+  step_s = {k: float(np.median(v)) for k, v in times.items()}
+  for k, s in step_s.items():
+    spread = f"[{min(times[k]) * 1e3:.0f}-{max(times[k]) * 1e3:.0f}]"
+    print(f"{k:22s} step {s * 1e3:8.1f} ms {spread:>13s}  {args.batch / s:8.1f} img/s")
+  # Ratios of the medians, and in brackets the range of the per-repeat ratios (the variants of
+  # one repeat ran back to back, under nearly the same load).
+  for label, num, den in (("JAX/PyTorch-fp32", "torch float32", "jax float32"),
+                          ("JAX-bf16/PyTorch-bf16", "torch bf16-autocast", "jax bfloat16"),
+                          ("JAX-bf16/JAX-fp32", "jax float32", "jax bfloat16"),
+                          ("PyTorch-bf16/PyTorch-fp32", "torch float32", "torch bf16-autocast")):
+    if num in step_s and den in step_s:
+      paired = np.array(times[num]) / np.array(times[den])
+      print(f"{label} = {step_s[num] / step_s[den]:.2f}  (per repeat {paired.min():.2f}-"
+            f"{paired.max():.2f})")
+  for d in dtypes:  # per repeat: achieved FLOP/s over that repeat's matmul FLOP/s
+    fracs = [flops[d] / t / p for t, p in zip(times[f"jax {d}"], peaks[d])]
+    label = "fraction of measured matmul peak" + ("" if d == "float32" else f" ({d})")
+    print(f"{label} = {np.median(fracs):.2f}  [{min(fracs):.2f}-{max(fracs):.2f}]  "
+          f"({flops[d] / step_s[f'jax {d}'] / 1e9:.0f} GFLOP/s achieved)")
+  print(f"load after (uptime): {os.popen('uptime').read().strip()}")
+
+
+if __name__ == "__main__":
+  main()
