@@ -2,7 +2,10 @@
 and leaves what already exists (workdirs, datasets) exactly as it was.
 
 Command-line cases run the real entry point (one `error: ...` line, exit 2, no traceback);
-the others call the library. More data_prep cases live in test_build.py and test_sources.py.
+the others call the library. More data_prep cases live in test_build.py and test_sources.py;
+the weights cases (another FM family, a truncated safetensors file, another hidden size, an
+input size that is no multiple of the patch, missing files, a corrupt feature cache) in
+test_foundation_inputs.py.
 """
 import dataclasses
 import hashlib
