@@ -11,10 +11,10 @@ recomputed, never trusted.
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.models import fm_weights
 
 
@@ -52,16 +52,9 @@ def key(config, model, ckpt, dataset_name: str, split: str, images, labels) -> d
 
 
 def atomic_savez(path: str, **arrays):
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
+  with workdir_lib.atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
       np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 class FeatureCache:

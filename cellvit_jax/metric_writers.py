@@ -6,6 +6,8 @@ import os
 import jax
 import numpy as np
 
+from cellvit_jax import workdir as workdir_lib
+
 
 def _plain(v):
   if isinstance(v, (np.generic, jax.Array)):
@@ -30,10 +32,7 @@ def _drop_after(path: str, step: int):
     except (ValueError, KeyError):  # a line cut by a kill mid-write
       continue
   if len(keep) != len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    workdir_lib.write_text(path, "".join(keep))
 
 
 class MetricWriter:

@@ -16,7 +16,6 @@ uint8 patches.  Writes <workdir>/blur.json and blur.png (accuracy vs sigma).
 """
 import math
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -182,11 +181,11 @@ def plot(result: dict, path: str):
                fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fd, tmp = tempfile.mkstemp(prefix=".blur.", suffix=".png", dir=os.path.dirname(path))
-  os.close(fd)
-  fig.savefig(tmp, format="png")
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    with workdir_lib.atomic_path(path) as tmp:
+      fig.savefig(tmp, format="png")
+  finally:
+    plt.close(fig)
 
 
 def table(result: dict) -> str:

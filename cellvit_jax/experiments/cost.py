@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cellvit_jax import models, steps
+from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.ops import normalize
 
 NATIVE_SIZE = 40  # the study's patch side; the FMs resize it to their own input
@@ -124,11 +125,7 @@ def replace_block(path: str, text: str):
   if start < 0 or end < start:
     raise ValueError(f"{path} has no '{BLOCK_START}' ... '{BLOCK_END}' block to replace; add "
                      "the two marker lines where the table should go")
-  new = content[:start + len(BLOCK_START)] + "\n" + text + content[end:]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(new)
-  os.replace(tmp, path)
+  workdir_lib.write_text(path, content[:start + len(BLOCK_START)] + "\n" + text + content[end:])
 
 
 def main(argv):

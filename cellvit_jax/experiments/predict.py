@@ -13,12 +13,12 @@ then `predicted_class`, `predicted_index` and `prob_<class>` for every class.
 import csv
 import io
 import os
-import tempfile
 
 import jax
 import numpy as np
 
 from cellvit_jax import parallel, restore
+from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import patch_files, pipeline
 from cellvit_jax.ops import normalize
 
@@ -75,11 +75,7 @@ def run_mode(config, workdir: str = "") -> str:
   path = os.path.join(out_dir, "predictions.csv")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".predictions.", dir=out_dir)
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(to_csv(patches, probs, run.dataset.class_names))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    workdir_lib.write_text(path, to_csv(patches, probs, run.dataset.class_names))
     counts = np.bincount(probs.argmax(-1), minlength=run.dataset.num_classes)
     print(f"predicted {len(probs)} patch(es) with {run.config.model.name} ({run.workdir}): "
           + ", ".join(f"{c} {n}" for c, n in zip(run.dataset.class_names, counts.tolist()))

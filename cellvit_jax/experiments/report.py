@@ -18,8 +18,8 @@ Every number is read from the store; std is the sample std (ddof=1) over seeds.
 """
 import csv
 import os
-import tempfile
 
+from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import report_plots, study_results
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
@@ -29,21 +29,13 @@ def _fmt(mean, std, seeds):
   return f"{mean:.4f} +- {std:.4f}" if seeds > 1 else f"{mean:.4f}"
 
 
-def _write_text(path, text):
-  fd, tmp = tempfile.mkstemp(prefix=".report.", dir=os.path.dirname(path))
-  with os.fdopen(fd, "w", newline="") as f:
-    f.write(text)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
-
-
 def _write_csv(path, header, rows):
   import io
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(header)
   w.writerows(rows)
-  _write_text(path, buf.getvalue())
+  workdir_lib.write_text(path, buf.getvalue())
 
 
 def metric_table(aggregates, rows, fls, metric) -> str:
@@ -180,7 +172,7 @@ def write_report(study_dir: str, output_dir: str = "") -> dict:
     md += ["", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
   md += ["## Files", "", "`cells.csv`, `accuracy.csv`, `blur.csv`, `cost.csv`, "
          "`accuracy_vs_cost.csv`: the tables above as CSV.", ""]
-  _write_text(path("report.md"), "\n".join(md))
+  workdir_lib.write_text(path("report.md"), "\n".join(md))
   return out
 
 

@@ -3,14 +3,13 @@
 Each function takes the aggregates of study_results.py and writes one PNG atomically.
 """
 import math
-import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cellvit_jax import workdir as workdir_lib  # noqa: E402
 from cellvit_jax.experiments import study_results  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1",
@@ -19,12 +18,11 @@ LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1",
 
 def _save(fig, path):
   fig.tight_layout()
-  fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=os.path.dirname(path))
-  os.close(fd)
-  fig.savefig(tmp, format="png")
-  plt.close(fig)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  try:
+    with workdir_lib.atomic_path(path) as tmp:
+      fig.savefig(tmp, format="png")
+  finally:
+    plt.close(fig)
   return path
 
 

@@ -18,7 +18,6 @@ parameter by config.layerscale_value twice, so we store the trained gammas as th
 parameters and set layerscale_value = 1.0 (exact in both ports); and timm's LayerNorm eps
 is 1e-6.
 """
-import json
 import math
 import os
 import sys
@@ -155,13 +154,10 @@ def write_hf_dir(output: str, config: dict, tensors: dict):
   """config.json + model.safetensors, each written atomically."""
   from safetensors.numpy import save_file
   os.makedirs(output, exist_ok=True)
-  tmp = os.path.join(output, ".model.safetensors.tmp")
-  save_file(tensors, tmp, metadata={"format": "pt"})
-  os.replace(tmp, os.path.join(output, "model.safetensors"))
-  tmp = os.path.join(output, ".config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(config, f, indent=2)
-  os.replace(tmp, os.path.join(output, "config.json"))
+  from cellvit_jax import workdir as workdir_lib
+  with workdir_lib.atomic_path(os.path.join(output, "model.safetensors")) as tmp:
+    save_file(tensors, tmp, metadata={"format": "pt"})
+  workdir_lib.write_json(output, "config.json", config)
 
 
 def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> dict:
