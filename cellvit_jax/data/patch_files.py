@@ -56,7 +56,7 @@ def _from_folder(root: str, options: Options) -> Patches:
 
 
 def _from_csv(manifest: str, options: Options) -> Patches:
-  columns, table = csv_source._read_rows(manifest, options)  # pylint: disable=protected-access
+  columns, table = csv_source.read_rows(manifest, options)
   if options.path_column not in columns:
     raise SourceError(f"CSV {manifest}: no {options.path_column!r} column (columns: {columns}); "
                       "name the patch file column 'path' or set config.predict.path_column")

@@ -12,7 +12,6 @@ models at every scale.  Worker k of n runs the cells whose index i has i % n == 
 Everything here is pure: no training, no files written.
 """
 import dataclasses
-import importlib.util
 import math
 import os
 import re
@@ -47,10 +46,8 @@ def load_config_spec(spec: str, base_dir: str = "") -> ml_collections.ConfigDict
   if found is None:
     raise ValueError(f"study row config {spec!r}: file {path!r} not found; give a configs/*.py path "
                      "relative to the working directory")
-  module_spec = importlib.util.spec_from_file_location("_cellvit_study_row", found)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  from cellvit_jax import main  # its rule, not a copy; imported late: main imports the study
+  return main.load_config_file(found + (f":{arg}" if arg else ""))
 
 
 def apply_nested(config, overrides, where: str = "config"):

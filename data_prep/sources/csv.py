@@ -30,7 +30,7 @@ from data_prep.sources import common
 from data_prep.sources.common import Options, SourceData, SourceError
 
 
-def _read_rows(path: str, options: Options):
+def read_rows(path: str, options: Options):
   """(columns, [(line number, row dict)]) of the manifest, or SourceError."""
   if not os.path.isfile(path):
     raise SourceError(f"CSV manifest {path}: file not found")
@@ -59,7 +59,7 @@ def _read_rows(path: str, options: Options):
 def read(input_path: str, options: Options) -> SourceData:
   """Reads a CSV manifest; see the module docstring for the format and errors."""
   manifest = os.path.abspath(input_path)
-  columns, rows = _read_rows(manifest, options)
+  columns, rows = read_rows(manifest, options)
   required = [options.path_column, options.label_column, options.specimen_column]
   missing = [c for c in required if c not in columns]
   if missing:
