@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cellvit_jax import config_file
+
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
                     "runs/<fm preset>_<mode>/ (mode=probe, finetune), <config.blur.run>/blur/ "
@@ -83,13 +85,7 @@ def quiet_library_logs():
   logging.set_verbosity(logging.INFO)
 
 
-def load_config_file(spec: str):
-  """configs/x.py[:arg] -> its get_config(arg); the same rule config_flags follows."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_cellvit_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+load_config_file = config_file.load  # configs/x.py[:arg] -> its get_config(arg)
 
 
 def _check_config_file(argv):

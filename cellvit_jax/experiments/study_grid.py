@@ -19,6 +19,8 @@ from typing import Optional
 
 import ml_collections
 
+from cellvit_jax import config_file
+
 ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -35,7 +37,7 @@ class Cell:
 
 
 def load_config_spec(spec: str, base_dir: str = "") -> ml_collections.ConfigDict:
-  """`configs/x.py[:arg]` -> its get_config(arg) (main.load_config_file's rule).
+  """`configs/x.py[:arg]` -> its get_config(arg) (config_file.load's rule, as main uses).
 
   A relative path is tried against the working directory, then `base_dir` (the checkout),
   so a study started from elsewhere still finds the shipped configs.
@@ -46,8 +48,7 @@ def load_config_spec(spec: str, base_dir: str = "") -> ml_collections.ConfigDict
   if found is None:
     raise ValueError(f"study row config {spec!r}: file {path!r} not found; give a configs/*.py path "
                      "relative to the working directory")
-  from cellvit_jax import main  # its rule, not a copy; imported late: main imports the study
-  return main.load_config_file(found + (f":{arg}" if arg else ""))
+  return config_file.load(found + (f":{arg}" if arg else ""))
 
 
 def apply_nested(config, overrides, where: str = "config"):
