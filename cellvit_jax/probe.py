@@ -75,6 +75,7 @@ def train_probe(config, workdir: str) -> dict:
   dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
                                   synthetic=datasets.synthetic_spec(config.dataset),
                                   log=logging.info)
+  datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
   ckpt = foundation.checkpoint_of(config)
   loaded = {}
 

@@ -116,11 +116,11 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
     raise _not_a_run(workdir, "the directory does not exist")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # A linear-probe run (mode=probe) keeps its head in probe_head.npz, not in a checkpoint.
-  is_probe = (os.path.isfile(os.path.join(workdir, "config.json"))
-              and load_config(workdir).mode == "probe")
+  config = load_config(workdir) if os.path.isfile(os.path.join(workdir, "config.json")) else None
+  is_probe = config is not None and config.mode == "probe"
   if not os.path.isdir(ckpt_dir) and not is_probe:  # checked first: the Checkpointer would create it
     raise _not_a_run(workdir, "no checkpoints/")
-  config = load_config(workdir)
+  config = config or load_config(workdir)  # no config.json: load_config names the workdir
   if data_dir is not None:
     config.dataset.data_dir = data_dir
   mesh = mesh if mesh is not None else parallel.make_mesh()

@@ -35,9 +35,7 @@ def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) ->
   outs = jax.device_get(outs)
   preds = [np.asarray(o["pred"])[:n] if jax.process_count() == 1 else np.asarray(o["pred"])
            for o, n in zip(outs, counts)]
-  loss_sum = 0.0
-  for o in outs:
-    loss_sum += float(o["loss_sum"])
+  loss_sum = sum(float(o["loss_sum"]) for o in outs)  # batch order, as before
   preds = np.concatenate(preds)[:len(labels)]
   result = metrics.from_confusion(metrics.confusion(labels, preds, len(class_names)), class_names)
   result["loss"] = loss_sum / max(len(labels), 1)
@@ -83,13 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
                                   synthetic=datasets.synthetic_spec(config.dataset),
                                   log=logging.info)
-  leaks = datasets.shared_specimens(dataset)
-  if leaks and not config.dataset.allow_shared_specimens:
-    shown = dict(list(leaks.items())[:5])
-    raise ValueError(f"dataset {dataset.name!r} has {len(leaks)} specimen(s) in more than one "
-                     f"split, e.g. {shown}: patches of one specimen would leak between train and "
-                     "test. Rebuild it with a split by specimen, or set "
-                     "config.dataset.allow_shared_specimens=True to accept the leak.")
+  datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
   train_labels = dataset.labels(config.dataset.train_split)
   subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
   counts = flaglimit.counts(train_labels, subset, dataset.num_classes)

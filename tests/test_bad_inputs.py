@@ -198,6 +198,14 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
   config.train.epochs, config.train.batch_size, config.train.eval_batch_size = 1.0, 2, 2
   with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split, e.g. \{'s1': \['train', 'test'\]\}"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+  # The linear probe fits on the training split too: the same guard.
+  from cellvit_jax import config_file, probe
+  from cellvit_jax.models import foundation
+  fm = config_file.load(os.path.join(REPO, "configs", "fm.py:phikon,probe"))
+  fm.fm.weights = foundation.write_tiny("phikon", str(tmp_path / "phikon"))
+  fm.dataset.name, fm.dataset.data_dir = "leaky", data_dir
+  with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split"):
+    probe.train_probe(fm, str(tmp_path / "probe_run"))
   config.dataset.allow_shared_specimens = True  # the explicit override trains anyway
   assert train.train_and_evaluate(config, str(tmp_path / "run2"))["finished"]
 

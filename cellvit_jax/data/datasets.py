@@ -73,6 +73,18 @@ def shared_specimens(dataset: CellDataset) -> dict:
   return {s: sp for s, sp in where.items() if len(sp) > 1}
 
 
+def refuse_shared_specimens(dataset: CellDataset, allow: bool):
+  """Raises when a specimen has patches in more than one split, unless `allow` (the
+  config.dataset.allow_shared_specimens override): its patches would leak into test."""
+  leaks = shared_specimens(dataset)
+  if leaks and not allow:
+    shown = dict(list(leaks.items())[:5])
+    raise ValueError(f"dataset {dataset.name!r} has {len(leaks)} specimen(s) in more than one "
+                     f"split, e.g. {shown}: patches of one specimen would leak between train and "
+                     "test. Rebuild it with a split by specimen, or set "
+                     "config.dataset.allow_shared_specimens=True to accept the leak.")
+
+
 def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
   fields = {f.name for f in dataclasses.fields(synthetic_cells.SyntheticSpec)}
   given = dict(config_dataset.get("synthetic", {}) or {})
