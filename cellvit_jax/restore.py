@@ -10,6 +10,7 @@ caller may rely on, whatever the model family (the FM path will return the same 
   run.forward(state, x)   float [0, 1] images at input_size -> float32 logits, jnp,
                       traceable (normalisation and model, eval mode); `state` is
                       `run.state`, passed in so a jitted caller takes it as an argument
+  run.uint8_forward(state, x)  uint8 native patches -> logits (to_float, resize, forward)
   run.logits(images)  uint8 (B, native, native, 3) -> logits (jitted once per shape)
   run.config, run.dataset, run.model, run.state, run.step, run.mesh, run.workdir
 
@@ -65,11 +66,14 @@ class Run:
   def forward(self, state, images01):
     return steps.eval_logits(self.model, self.config, state, images01)
 
+  def uint8_forward(self, state, images):
+    """uint8 native patches -> float32 logits: to [0, 1], resize, forward; jnp, traceable."""
+    return self.forward(state, self.resize(normalize.to_float(images)))
+
   def logits(self, images):
     """uint8 (B, H, W, 3) patches -> float32 logits (B, num_classes)."""
     if self._logits_fn is None:
-      self._logits_fn = jax.jit(
-          lambda state, x: self.forward(state, self.resize(normalize.to_float(x))))
+      self._logits_fn = jax.jit(self.uint8_forward)
     return self._logits_fn(self.state, images)
 
 

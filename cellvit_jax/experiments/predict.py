@@ -20,14 +20,12 @@ import numpy as np
 from cellvit_jax import parallel, restore
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import patch_files, pipeline
-from cellvit_jax.ops import normalize
 
 
 def make_predict_step(run):
   """Jitted (state, batch) -> softmax probabilities, batch sharded on 'data'."""
   def step(state, batch):
-    logits = run.forward(state, run.resize(normalize.to_float(batch["image"])))
-    return jax.nn.softmax(logits, axis=-1)
+    return jax.nn.softmax(run.uint8_forward(state, batch["image"]), axis=-1)
   return jax.jit(step, in_shardings=(parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)),
                  out_shardings=parallel.replicated(run.mesh))
 

@@ -36,7 +36,6 @@ from absl import logging
 from cellvit_jax import restore
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import blur_study, cost, study_grid
-from cellvit_jax.ops import normalize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARALLEL = ("data", "cells")
@@ -137,13 +136,10 @@ def measure_cost(run_dir, batch_sizes, min_seconds) -> dict:
   state = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
                        else x, run.state)
 
-  def forward(state, images):
-    return run.forward(state, run.resize(normalize.to_float(images)))
-
   row = {"model": run.config.model.name, "run": os.path.relpath(run.workdir),
          "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
          "input_size": run.input_size, "dtype": run.config.model.dtype}
-  row.update(cost.measure_forward(forward, state, batch_sizes=batch_sizes,
+  row.update(cost.measure_forward(run.uint8_forward, state, batch_sizes=batch_sizes,
                                   native_size=run.native_size, min_seconds=min_seconds))
   return row
 
