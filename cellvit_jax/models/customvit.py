@@ -4,15 +4,22 @@ The paper (Kagiyama et al. 2026) names CustomViT but its design is not public; t
 our reconstruction. Every design choice is a field, so each is an ablation switch in
 `configs/customvit.py`:
 
-- tokenizer: 'patch' (non-overlapping p x p patches, p=4 -> 10x10 tokens) or 'conv'
-  (a 3x3 conv then an overlapping (p+1)x(p+1) conv of stride p, same token grid);
+- tokenizer: how pixels become the token grid (p=4 -> 10x10 tokens for all of them):
+  'patch' (non-overlapping p x p patches, linear), 'conv' (a 3x3 conv then an overlapping
+  (p+1)x(p+1) conv of stride p), 'convstem' (Xiao et al. 2021, "Early convolutions help
+  transformers see better": 3x3 conv + BatchNorm + ReLU at full resolution, then log2(p)
+  stride-2 3x3 conv + BN + ReLU stages doubling the width, then a 1x1 projection), or
+  'cct' (Hassani et al. 2021, Compact Convolutional Transformers: log2(p) stages of
+  3x3 conv + ReLU + 3x3 max-pool of stride 2, no normalisation);
+- stem_width: channels of the first conv of 'convstem' / 'cct' (0 -> dim // 4);
 - spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
   half-patch shifts are stacked on channels before patchifying, widening each token's
   receptive field;
 - lsa: Locality Self-Attention (Lee et al. 2021): learnable softmax temperature and a
   masked diagonal;
 - pos_emb: 'learned' or 'sincos' (fixed 2-D);
-- pool: 'cls' (class token) or 'gap' (mean over tokens);
+- pool: 'cls' (class token), 'gap' (mean over tokens) or 'seq' (CCT's sequence pooling:
+  a learned softmax weighting of the tokens);
 - drop_path: maximum stochastic-depth rate, linearly increasing over blocks.
 
 Parameters ('params' collection, num_classes=4, default fields): customvit: 314,116.
@@ -20,6 +27,7 @@ Parameters ('params' collection, num_classes=4, default fields): customvit: 314,
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cellvit_jax.models import layers
@@ -46,6 +54,7 @@ class CustomViT(nn.Module):
   tokenizer: str = "patch"
   spt: bool = False
   lsa: bool = False
+  stem_width: int = 0
   pos_emb: str = "learned"
   pool: str = "cls"
   drop_path: float = 0.1
@@ -74,8 +83,11 @@ class CustomViT(nn.Module):
       x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="stem_norm")(x))
       x = nn.Conv(self.dim, (p + 1, p + 1), strides=(p, p), padding=((p // 2, p // 2),) * 2,
                   dtype=self.dtype, name="embed")(x)
+    elif self.tokenizer in ("convstem", "cct"):
+      x = self._conv_tokenizer(x, train)
     else:
-      raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'patch' or 'conv'")
+      raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose 'patch', 'conv', "
+                       "'convstem' or 'cct'")
     gh, gw = x.shape[1:3]
     x = x.reshape(b, gh * gw, self.dim)
 
@@ -90,14 +102,44 @@ class CustomViT(nn.Module):
     if self.pool == "cls":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (b, 1, 1)), x], axis=1)
-    elif self.pool != "gap":
-      raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'gap'")
+    elif self.pool not in ("gap", "seq"):
+      raise ValueError(f"unknown pool {self.pool!r}; choose 'cls', 'gap' or 'seq'")
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     for i, rate in enumerate(layers.drop_path_rates(self.drop_path, self.depth)):
       x = layers.EncoderBlock(self.num_heads, self.mlp_ratio, rate, self.dropout, self.lsa,
                               self.dtype, name=f"block{i}")(x, train)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
-    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    if self.pool == "cls":
+      x = x[:, 0]
+    elif self.pool == "gap":
+      x = x.mean(axis=1)
+    else:  # CCT's sequence pooling: one learned score per token, softmax over tokens.
+      weights = jax.nn.softmax(nn.Dense(1, dtype=self.dtype, name="seq_pool")(x).astype(jnp.float32), axis=1)
+      x = jnp.sum(weights.astype(self.dtype) * x, axis=1)
     head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
     return head(x).astype(jnp.float32)
+
+  def _conv_tokenizer(self, x, train):
+    """'convstem' / 'cct': a small CNN that brings 40x40 pixels to the (h/p)x(w/p) token grid."""
+    p = self.patch_size
+    stages = p.bit_length() - 1
+    if p != 1 << stages:
+      raise ValueError(f"tokenizer={self.tokenizer!r} needs a power-of-two patch_size, got {p}")
+    width = self.stem_width or max(self.dim // 4, 8)
+    if self.tokenizer == "convstem":
+      # Xiao et al.: stride-2 3x3 convs with BN + ReLU, then a 1x1 conv to the width. Ours adds
+      # one stride-1 conv first so the thin membrane signal is seen at full resolution.
+      for i in range(stages + 1):
+        x = layers.ConvBN(width, 3, stride=1 if i == 0 else 2, dtype=self.dtype,
+                          name=f"stem{i}")(x, train)
+        x = nn.relu(x)
+        width = min(width * 2, self.dim) if i < stages else width
+      return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embed")(x)
+    # CCT: conv (no bias) + ReLU + overlapping max-pool per stage; the last stage emits dim.
+    for i in range(stages):
+      out = self.dim if i == stages - 1 else width
+      x = nn.Conv(out, (3, 3), padding="SAME", use_bias=False, kernel_init=layers.he_fan_out,
+                  dtype=self.dtype, name=f"stem{i}")(x)
+      x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding="SAME")
+    return x
