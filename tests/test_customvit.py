@@ -28,6 +28,8 @@ def test_customvit_parameter_count():
 
 
 SWITCHES = list(itertools.product(["patch", "conv"], [False, True], [False, True], ["learned", "sincos"], ["cls", "gap"]))
+SWITCHES += [(tok, False, lsa, pos, pool) for tok in ("convstem", "cct") for lsa in (False, True)
+             for pos in ("learned", "sincos") for pool in ("cls", "gap", "seq")]
 
 
 @pytest.mark.parametrize("tokenizer,spt,lsa,pos_emb,pool", SWITCHES)
@@ -36,7 +38,10 @@ def test_every_switch_builds_and_runs(tokenizer, spt, lsa, pos_emb, pool):
                        pool=pool, dim=16, depth=1, num_heads=2, drop_path=0.1)
   x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
   variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
-  y_train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+  mutable = ["batch_stats"] if "batch_stats" in variables else False
+  y_train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                        mutable=mutable)
+  y_train = y_train[0] if mutable else y_train
   y_eval = model.apply(variables, x, train=False)
   assert y_train.shape == y_eval.shape == (2, 3)
   assert jnp.all(jnp.isfinite(y_train))
@@ -73,3 +78,34 @@ def test_bad_options_name_the_valid_ones():
   with pytest.raises(ValueError, match="patch_size"):
     m = models.build("customvit", 4, patch_size=3, dim=16, depth=1, num_heads=2)
     m.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+
+
+@pytest.mark.parametrize("tokenizer,patch_size,grid", [("convstem", 4, 10), ("convstem", 2, 20),
+                                                       ("cct", 4, 10), ("cct", 8, 5)])
+def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
+  model = models.build("customvit", 3, tokenizer=tokenizer, patch_size=patch_size, dim=16,
+                       depth=1, num_heads=2)
+  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  assert variables["params"]["pos_embedding"].shape == (1, grid * grid, 16)
+  # convstem normalises with BatchNorm (running statistics), cct has no normalisation.
+  assert ("batch_stats" in variables) == (tokenizer == "convstem")
+
+
+def test_sequence_pooling_weights_tokens_by_a_softmax():
+  model = models.build("customvit", 2, pool="seq", dim=16, depth=1, num_heads=2, drop_path=0.0)
+  x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
+  variables = model.init({"params": jax.random.key(0)}, x)
+  params = jax.tree.map(lambda a: a, variables["params"])
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+  # A zero scorer gives equal weights: sequence pooling is then exactly mean pooling.
+  params["seq_pool"] = jax.tree.map(jnp.zeros_like, params["seq_pool"])
+  gap = models.build("customvit", 2, pool="gap", dim=16, depth=1, num_heads=2, drop_path=0.0)
+  gap_params = {k: v for k, v in params.items() if k != "seq_pool"}
+  assert jnp.allclose(model.apply({"params": params}, x), gap.apply({"params": gap_params}, x),
+                      atol=1e-5)
+
+
+def test_conv_tokenizers_need_a_power_of_two_patch():
+  model = models.build("customvit", 2, tokenizer="cct", patch_size=5, dim=16, depth=1, num_heads=2)
+  with pytest.raises(ValueError, match="power-of-two patch_size"):
+    model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))

@@ -33,3 +33,25 @@ def test_bad_files_are_named(tmp_path, capsys):
   partial.write_text(json.dumps({"model": "x"}))
   assert results_table.main([str(partial)]) == 2
   assert "lacks ['flaglimit', 'num_params', 'test']" in capsys.readouterr().err
+
+
+def test_mean_over_seeds_sorted_by_val_and_test_only_where_every_seed_has_it(tmp_path):
+  def rec(tag, seed, val, test=None):
+    r = {"model": "customvit", "tag": tag, "recipe": "base15", "flaglimit": 1024, "seed": seed,
+         "num_params": 300_000, "gflops_per_image": 0.1, "host": "cpu X",
+         "val": {"accuracy": val}}
+    if test is not None:
+      r["test"] = {"accuracy": test}
+    return json.dumps(r)
+  path = tmp_path / "design.jsonl"
+  path.write_text("\n".join([rec("a", 0, 0.80), rec("b", 0, 0.90, 0.89), rec("b", 1, 0.92, 0.91),
+                             rec("a", 1, 0.82, 0.5)]) + "\n")
+  table = results_table.mean_markdown(results_table.read_records([str(path)],
+                                                                 results_table.REQUIRED_MEAN))
+  rows = [line.split(" | ") for line in table.splitlines()[2:]]
+  assert [r[0].strip("| ") for r in rows] == ["b", "a"]
+  assert rows[0][6] == "0.9100 +- 0.0141" and rows[0][7] == "0.9000 +- 0.0141"
+  assert rows[1][7] == "-"  # one seed of 'a' lacks test: no partial mean is shown
+  path.write_text(rec("a", 0, 0.8) + "\n" + rec("a", 0, 0.8) + "\n")
+  with pytest.raises(ValueError, match="two records of one seed"):
+    results_table.mean_markdown(results_table.read_records([str(path)], results_table.REQUIRED_MEAN))

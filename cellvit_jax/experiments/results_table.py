@@ -3,18 +3,27 @@
     python -m cellvit_jax.experiments.results_table runs/*/results.json
     python -m cellvit_jax.experiments.results_table docs/results/models_fl1024_h100.jsonl
 
+    python -m cellvit_jax.experiments.results_table --mean docs/results/customvit_design.jsonl
+
 Rows are sorted by test accuracy, best first. Numbers are read from the files, never typed.
 A record needs model, flaglimit, num_params and test{accuracy, balanced_accuracy, macro_f1};
 an optional `tag` names a variant of a model (an ablation).
+
+`--mean` groups records by (tag, recipe, FlagLimit) and gives mean +- sample std over seeds
+of val and test accuracy, with GFLOPs per image and the host; rows are sorted by val (the
+split choices are made on). Records without test metrics (screening rows of export_rows)
+show "-" there.
 """
 import json
+import statistics
 import sys
 from typing import List, Sequence
 
 REQUIRED = ("model", "flaglimit", "num_params", "test")
+REQUIRED_MEAN = ("model", "flaglimit", "num_params", "val")
 
 
-def read_records(paths: Sequence[str]) -> List[dict]:
+def read_records(paths: Sequence[str], required: Sequence[str] = REQUIRED) -> List[dict]:
   records = []
   for path in paths:
     with open(path) as f:
@@ -25,7 +34,7 @@ def read_records(paths: Sequence[str]) -> List[dict]:
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not JSON ({e}); pass results.json files or .jsonl files of them")
     for doc in docs:
-      missing = [k for k in REQUIRED if k not in doc]
+      missing = [k for k in required if k not in doc]
       if missing:
         raise ValueError(f"{path}: a record lacks {missing}; is it a finished run's results.json?")
       records.append(doc)
@@ -46,13 +55,53 @@ def markdown(records: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _mean_std(values: Sequence[float]) -> str:
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def mean_markdown(records: Sequence[dict]) -> str:
+  """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds."""
+  groups = {}
+  for r in records:
+    key = (r.get("tag") or r["model"], r.get("recipe", ""), r["flaglimit"])
+    groups.setdefault(key, []).append(r)
+  head = ["variant", "recipe", "FlagLimit", "seeds", "parameters", "GFLOPs/image",
+          "val accuracy", "test accuracy", "host"]
+  rows = []
+  for (tag, recipe, flaglimit), rs in groups.items():
+    seeds = sorted({r["seed"] for r in rs})
+    if len(seeds) != len(rs):
+      raise ValueError(f"{tag} ({recipe}, FlagLimit {flaglimit}) has two records of one seed; "
+                       "remove the duplicate line")
+    val = [r["val"]["accuracy"] for r in rs]
+    test = [r["test"]["accuracy"] for r in rs if "test" in r]
+    gflops = rs[0].get("gflops_per_image")
+    rows.append((statistics.mean(val), [
+        tag, recipe or "-", str(flaglimit), ",".join(map(str, seeds)),
+        f"{rs[0]['num_params'] / 1e6:.2f} M", f"{gflops:.3f}" if gflops else "n/a",
+        _mean_std(val), _mean_std(test) if len(test) == len(rs) else "-",
+        "; ".join(sorted({r.get("host") or r.get("platform", "?") for r in rs}))]))
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(cells) + " |" for _, cells in sorted(rows, key=lambda t: -t[0])]
+  return "\n".join(lines) + "\n"
+
+
 def main(argv):
+  mean = "--mean" in argv
+  argv = [a for a in argv if a != "--mean"]
   if not argv:
-    print("usage: python -m cellvit_jax.experiments.results_table RESULTS.json|RUNS.jsonl ...",
-          file=sys.stderr)
+    print("usage: python -m cellvit_jax.experiments.results_table [--mean] "
+          "RESULTS.json|RUNS.jsonl ...", file=sys.stderr)
     return 2
   try:
-    print(markdown(read_records(argv)), end="")
+    if mean:
+      print(mean_markdown(read_records(argv, REQUIRED_MEAN)), end="")
+    else:
+      print(markdown(read_records(argv)), end="")
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
