@@ -1,16 +1,18 @@
-"""PyTorch CustomViT (patch tokenizer, learned positions, class token) and ViT-S.
+"""PyTorch CustomViT (patch or convstem tokenizer, learned positions, class token) and ViT-S.
 
 Mirrors cellvit_jax/models/customvit.py and vit.py: conv patch embedding, pre-norm blocks with
 a fused qkv Linear (the (3, heads, head_dim) split of layers.SelfAttention), tanh-GELU MLP
 (flax nn.gelu's default), LayerNorm eps 1e-6 (Flax's), stochastic depth per sample.
 CustomViT adds positions before the class token is prepended, ViT-S after; both are kept.
-Only CustomViT's default tokenizer ('patch', no SPT/LSA, pool 'cls') is ported: the
-benchmark runs the default configs.
+CustomViT's 'convstem' tokenizer (its default) and 'patch' (configs/customvit_plain.py) are
+ported, without SPT/LSA and with pool 'cls': the benchmark runs the shipped configs.
 """
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from benchmarks.torch_ref.resnet import ConvBN, _convbn
 
 _EPS = 1e-6
 
@@ -63,11 +65,24 @@ class ViT(nn.Module):
   """Input NCHW float; `pos_before_cls`: CustomViT's order (positions only on patch tokens)."""
 
   def __init__(self, num_classes: int, patch_size: int, dim: int, depth: int, num_heads: int,
-               mlp_ratio: float, drop_path: float, pos_before_cls: bool, image_size: int = 40):
+               mlp_ratio: float, drop_path: float, pos_before_cls: bool, image_size: int = 40,
+               stem_width: int = 0):
     super().__init__()
     tokens = (image_size // patch_size) ** 2
     self.pos_before_cls = pos_before_cls
-    self.embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+    # stem_width > 0: CustomViT's 'convstem' (3x3 conv + BN + ReLU at full resolution, then
+    # log2(patch) stride-2 stages doubling the width up to dim, then a 1x1 projection).
+    self.stem = nn.ModuleList()
+    if stem_width:
+      cin, width = 3, stem_width
+      stages = patch_size.bit_length() - 1
+      for i in range(stages + 1):
+        self.stem.append(ConvBN(cin, width, 3, stride=1 if i == 0 else 2))
+        cin = width
+        width = min(width * 2, dim) if i < stages else width
+      self.embed = nn.Conv2d(cin, dim, 1)
+    else:
+      self.embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
     self.pos_embedding = nn.Parameter(torch.randn(1, tokens + (0 if pos_before_cls else 1), dim) * 0.02)
     self.cls = nn.Parameter(torch.zeros(1, 1, dim))
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -78,6 +93,8 @@ class ViT(nn.Module):
     nn.init.zeros_(self.head.bias)
 
   def forward(self, x):
+    for conv in self.stem:
+      x = F.relu(conv(x))
     x = self.embed(x).flatten(2).transpose(1, 2)  # (B, H*W, D), row-major tokens as in Flax
     cls = self.cls.expand(x.shape[0], -1, -1)
     if self.pos_before_cls:
@@ -90,11 +107,15 @@ class ViT(nn.Module):
 
 
 def CustomViT(num_classes: int, patch_size=4, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
-              tokenizer="patch", spt=False, lsa=False, pos_emb="learned", pool="cls",
-              drop_path=0.1, dropout=0.0):
-  if (tokenizer, spt, lsa, pos_emb, pool, dropout) != ("patch", False, False, "learned", "cls", 0.0):
-    raise ValueError("the PyTorch CustomViT ports only the default tokenizer/pos_emb/pool, no SPT/LSA")
-  return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path, pos_before_cls=True)
+              tokenizer="convstem", stem_width=0, spt=False, lsa=False, pos_emb="learned",
+              pool="cls", drop_path=0.1, dropout=0.0):
+  if (tokenizer not in ("patch", "convstem")
+      or (spt, lsa, pos_emb, pool, dropout) != (False, False, "learned", "cls", 0.0)):
+    raise ValueError("the PyTorch CustomViT ports the 'patch' and 'convstem' tokenizers with "
+                     "learned positions and pool 'cls', no SPT/LSA/dropout")
+  stem = (stem_width or max(dim // 4, 8)) if tokenizer == "convstem" else 0
+  return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path,
+             pos_before_cls=True, stem_width=stem)
 
 
 def ViTSmall(num_classes: int, patch_size=4, dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
@@ -120,6 +141,8 @@ def _norm(layer: nn.LayerNorm, p):
 
 def load_flax(model: ViT, variables):
   p = variables["params"]
+  for i, conv in enumerate(model.stem):
+    _convbn(conv, p[f"stem{i}"], variables["batch_stats"][f"stem{i}"])
   model.embed.weight.data.copy_(_t(p["embed"]["kernel"]).permute(3, 2, 0, 1))
   model.embed.bias.data.copy_(_t(p["embed"]["bias"]))
   model.pos_embedding.data.copy_(_t(p["pos_embedding"]))

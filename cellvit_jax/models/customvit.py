@@ -22,7 +22,9 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
   a learned softmax weighting of the tokens);
 - drop_path: maximum stochastic-depth rate, linearly increasing over blocks.
 
-Parameters ('params' collection, num_classes=4, default fields): customvit: 314,116.
+Parameters ('params' collection, num_classes=4, default fields): customvit: 371,548
+(tokenizer='convstem'; 314,116 with tokenizer='patch', configs/customvit_plain.py). The
+design study that chose the defaults is docs/customvit.md.
 """
 from typing import Any
 
@@ -51,7 +53,7 @@ class CustomViT(nn.Module):
   depth: int = 4
   num_heads: int = 3
   mlp_ratio: float = 2.0
-  tokenizer: str = "patch"
+  tokenizer: str = "convstem"
   spt: bool = False
   lsa: bool = False
   stem_width: int = 0
