@@ -127,6 +127,7 @@ def acquire(workdir: str, name: str = LOCK_FILE) -> str:
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
+    _flush(fd)
   except BaseException:
     os.close(fd)  # drops the flock if it was taken
     raise
@@ -136,6 +137,14 @@ def acquire(workdir: str, name: str = LOCK_FILE) -> str:
       _heartbeat.append(threading.Thread(target=_beat, name="workdir-lock-heartbeat", daemon=True))
       _heartbeat[0].start()
   return path
+
+
+def _flush(fd):
+  """fsync: on a bucket mount (gcsfuse) other hosts see the file only once it is uploaded."""
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
 
 
 def _beat():
@@ -157,6 +166,7 @@ def release(path: str):
     return
   try:
     os.ftruncate(fd, 0)
+    _flush(fd)
     # LOCK_UN before close: a forked child sharing the descriptor would otherwise keep it.
     fcntl.flock(fd, fcntl.LOCK_UN)
   except OSError:
