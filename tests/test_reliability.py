@@ -154,7 +154,7 @@ def test_second_run_on_a_busy_workdir_stops_at_once_and_a_killed_holder_is_taken
   assert second.stderr.strip().splitlines()[-1] == errors[0]
   assert f"is in use by another run: pid {first.pid} on host {socket.gethostname()}" in errors[0]
   assert "Resumed" not in second.stderr and "parameters;" not in second.stderr  # no training
-  assert time.time() - t0 < 120  # start-up and config checks only
+  assert time.time() - t0 < 240  # start-up and config checks only (generous: shared CPUs)
   assert first.poll() is None  # the first run goes on
 
   first.send_signal(signal.SIGKILL)  # its flock dies with it; its pid stays in the file
