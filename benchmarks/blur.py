@@ -19,7 +19,7 @@ the variants interleaved round by round.  Prints two comparable lines:
   eval_step fused blur: ... ratio fused/none = R (goal <= 1.15)
   eval_step host blur:  ... ratio host/fused = R
 
-  PYTHONPATH=. python benchmarks/blur.py [--part all|ops|eval_step] [--repeats 10] [--skip-conv]
+  python -m benchmarks.blur [--part all|ops|eval_step] [--repeats 10] [--skip-conv]
 """
 import argparse
 import time

@@ -16,7 +16,7 @@ Prints one comparable line:
 
   fm_probe: probe ... s vs baseline ... s: ratio baseline/probe = R (speed-up)
 
-  PYTHONPATH=. python benchmarks/fm_probe.py [--epochs 15] [--train 512] [--hidden 192] [--depth 4]
+  python -m benchmarks.fm_probe [--epochs 15] [--train 512] [--hidden 192] [--depth 4]
 """
 import argparse
 import os

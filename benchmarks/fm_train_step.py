@@ -1,6 +1,6 @@
 """Fine-tuning step of a foundation model at 224x224: images/s and fraction of the device peak.
 
-    PYTHONPATH=. python benchmarks/fm_train_step.py [--preset=phikon] [--batch=64] \
+    python -m benchmarks.fm_train_step [--preset=phikon] [--batch=64] \
         [--dtype=float32,bfloat16] [--repeats=5] [--steps=10]
 
 The backbone is a random checkpoint of the preset's published size (phikon: ViT-B/16 at
@@ -27,7 +27,7 @@ from cellvit_jax import main as cellvit_main
 from cellvit_jax import models, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
 from cellvit_jax.models import foundation
-from train_step import matmul_flops_per_sec
+from benchmarks.train_step import matmul_flops_per_sec
 
 # Published sizes (hidden, depth, heads, image, patch) of the presets' backbones.
 SIZES = {"phikon": (768, 12, 12, 224, 16), "uni": (1024, 24, 16, 224, 16),

@@ -1,6 +1,6 @@
 """Is the host input pipeline fast enough to keep the train step fed?
 
-    PYTHONPATH=. python benchmarks/input_pipeline.py [--batch_size=128] [--data_dir=DIR]
+    python -m benchmarks.input_pipeline [--batch_size=128] [--data_dir=DIR]
 
 Measures, in one run on this machine:
   * pipeline images/s: the training stream of cellvit_jax.data.pipeline.train_dataset

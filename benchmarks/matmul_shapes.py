@@ -1,6 +1,6 @@
 """GFLOP/s of the matmul shapes inside a CustomViT train step, jnp vs torch, fp32 and bf16.
 
-    PYTHONPATH=. python benchmarks/matmul_shapes.py [--repeats=5]
+    python -m benchmarks.matmul_shapes [--repeats=5]
 
 CustomViT (width 96, MLP 192, 3 heads of 32, 101 tokens) at batch 256 multiplies
 (25856 x K) by (K x N) activations x weights in the forward pass, the same with a transposed

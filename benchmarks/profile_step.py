@@ -1,6 +1,6 @@
 """Where the time of one JAX train step goes: a jax.profiler trace, summarised per XLA op.
 
-    PYTHONPATH=. python benchmarks/profile_step.py --model=customvit [--dtype=float32] \
+    python -m benchmarks.profile_step --model=customvit [--dtype=float32] \
         [--batch=256] [--steps=2] [--top=15] [--logdir=/tmp/cellvit_profile]
 
 Traces `--steps` train steps (the benchmark's step: benchmarks/train_step.jax_variant) with

@@ -1,6 +1,6 @@
 """Runs the speed benchmarks and writes benchmarks/RESULTS.md: each command line and its raw output.
 
-    PYTHONPATH=. python benchmarks/record.py [--only=train_customvit,cost] [--output=benchmarks/RESULTS.md]
+    python -m benchmarks.record [--only=train_customvit,cost] [--output=benchmarks/RESULTS.md]
 
 Every entry of BENCHMARKS is run in a fresh process from the repository root (so the
 outputs are independent: no shared JIT caches or warm torch threads), with stdout and
@@ -21,19 +21,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "python"
 
 BENCHMARKS = (  # (name, command, why)
-    ("train_customvit", f"{PY} benchmarks/train_step.py --model=customvit --repeats=5 --steps=2",
+    ("train_customvit", f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
      "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, batch 256."),
-    ("train_resnet18", f"{PY} benchmarks/train_step.py --model=resnet18 --batch=32 --repeats=3 --steps=1",
+    ("train_resnet18", f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes tens "
      "of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun with "
      "--batch=256 on a faster device."),
-    ("profile_customvit_fp32", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=float32",
+    ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
-    ("profile_customvit_bf16", f"{PY} benchmarks/profile_step.py --model=customvit --dtype=bfloat16",
+    ("profile_customvit_bf16", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=bfloat16",
      "The same for bf16 compute."),
-    ("step_variants", f"{PY} benchmarks/step_variants.py --repeats=4",
+    ("step_variants", f"{PY} -m benchmarks.step_variants --repeats=4",
      "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
-    ("matmul_shapes", f"{PY} benchmarks/matmul_shapes.py --repeats=3",
+    ("matmul_shapes", f"{PY} -m benchmarks.matmul_shapes --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
     ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(
         f"configs/{m}.py" for m in ("customvit", "resnet18", "resnet50", "densenet121",
@@ -74,11 +74,10 @@ def main():
   parser.add_argument("--timeout", type=int, default=600, help="seconds per benchmark")
   args = parser.parse_args()
   only = set(filter(None, args.only.split(",")))
-  env = dict(os.environ, PYTHONPATH=ROOT)
   start = datetime.datetime.now(datetime.timezone.utc)
   header = [
       "# Speed benchmarks: recorded output\n",
-      f"Written by `PYTHONPATH=. python benchmarks/record.py` (run from the repository root) on "
+      f"Written by `python -m benchmarks.record` (run from the repository root) on "
       f"{start:%Y-%m-%d %H:%M} UTC. Raw output of each command below; interpretation in "
       "[FINDINGS.md](FINDINGS.md). The machine is shared, so absolute numbers move with the "
       "load printed in each block; compare ratios taken within one block.\n",
@@ -97,14 +96,14 @@ def main():
     print(f"== {name}: {cmd}", flush=True)
     t0 = time.time()
     try:
-      proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      proc = subprocess.run(cmd, shell=True, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
       out, rc = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as e:
       out, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
     wall = time.time() - t0
     print(out, flush=True)
-    parts.append(f"## {name}\n\n{why}\n\n```\n$ PYTHONPATH=. {cmd}\n{out.rstrip()}\n```\n"
+    parts.append(f"## {name}\n\n{why}\n\n```\n$ {cmd}\n{out.rstrip()}\n```\n"
                  f"exit status {rc}, {wall:.0f} s wall.\n")
   parts.append(f"Finished {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
                f"load (uptime): {sh('uptime')}\n")

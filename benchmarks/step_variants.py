@@ -1,6 +1,6 @@
 """Candidate speed-ups of the CustomViT train step, timed against the library's step in one run.
 
-    PYTHONPATH=. python benchmarks/step_variants.py [--dtype=float32] [--repeats=6] [--variants=...]
+    python -m benchmarks.step_variants [--dtype=float32] [--repeats=6] [--variants=...]
 
 Each variant swaps one piece of the model or optimiser in process (parameter shapes and
 names unchanged) and builds the same jitted step as benchmarks/train_step.py; the variants

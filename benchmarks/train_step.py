@@ -1,6 +1,6 @@
 """Train-step images/s of a model: JAX (fp32 and bf16 compute) next to its PyTorch port.
 
-    PYTHONPATH=. python benchmarks/train_step.py --model=customvit [--batch=256] \
+    python -m benchmarks.train_step --model=customvit [--batch=256] \
         [--dtype=float32,bfloat16] [--repeats=5] [--steps=2] [--no-torch]
 
 JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips/rot90 ->

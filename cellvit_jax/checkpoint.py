@@ -10,16 +10,18 @@ from typing import Optional
 import orbax.checkpoint as ocp
 import grain
 
+from cellvit_jax import workdir as workdir_lib
+
 
 class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (disk full, quota, permissions)."""
+  """A checkpoint could not be written (disk full, quota, permissions, a second writer)."""
 
 
 def _write_error(directory, step, e):
   detail = " ".join(str(e).split())[:300]
   return CheckpointWriteError(
       f"could not write the checkpoint{f' of step {step}' if step is not None else ''} to "
-      f"{directory} ({detail}); free disk space or pass another --workdir. Earlier complete "
+      f"{directory} ({detail}); {workdir_lib.write_failure_hint(e, directory)}. Earlier complete "
       "checkpoints are kept and a rerun resumes from the latest of them.")
 
 

@@ -85,8 +85,9 @@ class FeatureCache:
       atomic_savez(path, features=np.asarray(features, np.float32),
                    key=np.asarray(json.dumps(k, sort_keys=True)))
     except OSError as e:
-      raise OSError(f"cannot write the feature cache entry {path} ({e.strerror}); free disk space "
-                    "or pass another --config.fm.cache_dir") from None
+      hint = workdir_lib.write_failure_hint(e, os.path.dirname(path),
+                                            "pass another --config.fm.cache_dir")
+      raise OSError(f"cannot write the feature cache entry {path} ({e.strerror}); {hint}") from None
 
   def get_or_compute(self, k: dict, compute):
     """(features, hit): the stored features, or compute() stored for next time."""

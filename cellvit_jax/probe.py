@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import feature_cache, logistic, metrics, parallel, steps
+from cellvit_jax import feature_cache, logistic, metrics, parallel, steps, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.models import fm_presets, fm_weights, foundation
@@ -63,6 +63,7 @@ def check_config(config, mesh):
   return model, grid
 
 
+@workdir_lock.releases_own_locks
 def train_probe(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   model, grid = check_config(config, mesh)
@@ -76,6 +77,7 @@ def train_probe(config, workdir: str) -> dict:
                                   synthetic=datasets.synthetic_spec(config.dataset),
                                   log=logging.info)
   datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
+  datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
   ckpt = foundation.checkpoint_of(config)
   loaded = {}
 

@@ -4,6 +4,7 @@
 are built by `make_steps` for one model and config and jit-compiled over the mesh: the
 batch is sharded on 'data', the state replicated, and XLA adds the all-reduces.
 """
+import math
 from typing import Any
 
 import flax
@@ -52,6 +53,37 @@ def check_augment(config):
                               float(b.sigma_max))
   except ValueError as e:
     raise ValueError(f"config.augment.blur: {e}") from None
+
+
+# config.optim fields: (lowest, above it only?, highest (excluded), meaning, an example). A bad
+# value (nan, inf, a negative rate) would otherwise surface steps later as a non-finite loss.
+_OPTIM_RANGES = {
+    "lr": (0.0, True, math.inf, "the peak learning rate", "1e-3"),
+    "weight_decay": (0.0, False, math.inf, "AdamW's decoupled weight decay; 0: none", "0.05"),
+    "label_smoothing": (0.0, False, 1.0, "0: none", "0.1"),
+    "b1": (0.0, False, 1.0, "Adam's first-moment decay", "0.9"),
+    "b2": (0.0, False, 1.0, "Adam's second-moment decay", "0.999"),
+    "warmup_epochs": (0.0, False, math.inf, "epochs of linear warm-up; 0: none", "1.0"),
+    "min_lr_ratio": (0.0, False, math.inf, "the final lr as a fraction of lr", "0.01"),
+    "grad_clip": (0.0, False, math.inf, "the global-norm clip; 0: off", "1.0"),
+}
+
+
+def check_optim(config):
+  """Range checks of config.optim, before anything is written (one-line errors)."""
+  for key, (low, strict, high, meaning, example) in _OPTIM_RANGES.items():
+    if key not in config.optim:
+      continue
+    value = config.optim[key]
+    try:
+      v = float(value)
+    except (TypeError, ValueError):
+      v = math.nan
+    if not (math.isfinite(v) and (v > low if strict else v >= low) and v < high):
+      bounds = (f"in [{low:g}, {high:g})" if math.isfinite(high) else
+                f"{'>' if strict else '>='} {low:g}")
+      raise ValueError(f"config.optim.{key}={value!r} must be a finite number {bounds} "
+                       f"({meaning}); pass e.g. --config.optim.{key}={example}")
 
 
 def preprocess(images, rng, config, train: bool):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from cellvit_jax import checkpoint, metric_writers, metrics, models, parallel, preemption, steps
-from cellvit_jax import train_length
+from cellvit_jax import train_length, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
@@ -65,12 +65,14 @@ def check_config(config, mesh):
   models.from_config(config, 2)  # FMs: also reads the weights directory's config and headers
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
+  steps.check_optim(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
 
 
+@workdir_lock.releases_own_locks
 def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   check_config(config, mesh)
@@ -82,6 +84,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   synthetic=datasets.synthetic_spec(config.dataset),
                                   log=logging.info)
   datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
+  datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
   train_labels = dataset.labels(config.dataset.train_split)
   subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
   counts = flaglimit.counts(train_labels, subset, dataset.num_classes)

@@ -5,11 +5,15 @@ A workdir holds one run. Rerunning with the same config resumes it; a different 
 into the same checkpoints and metrics.
 """
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 
 import jax
+
+from cellvit_jax import workdir_lock
 
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
@@ -24,6 +28,60 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "fm.resize_method": "", "fm.feature": "", "fm.layer_decay": 0.75,
               "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
               "fm.feature_batch_size": 64, "fm.cache_dir": ""}
+
+
+# Below this much free space a failed write is put down to a full disk.
+LOW_SPACE_BYTES = 64 << 20
+
+
+def _error_chain(error) -> list:
+  """`error` and every exception it was raised from or during (and exception groups' members)."""
+  seen, out, todo = set(), [], [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    out.append(e)
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+  return out
+
+
+def free_bytes(path: str):
+  """Free space of the filesystem holding `path` (or its nearest existing parent); None if
+  unknown."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
+
+
+def write_failure_hint(error, directory: str, elsewhere: str = "pass another --workdir") -> str:
+  """Why a write into `directory` failed and what to do: from the errno in the exception
+  chain (or the text of libraries that drop it, such as tensorstore) and the free space.
+  It says the disk is full only when it is."""
+  chain = _error_chain(error)
+  codes = {e.errno for e in chain if isinstance(e, OSError) and e.errno}
+  text = " ".join(str(e) for e in chain).lower()
+  free = free_bytes(directory)
+  if errno.ENOSPC in codes or "no space left" in text or (free is not None and
+                                                          free < LOW_SPACE_BYTES):
+    return f"the disk is full: free disk space or {elsewhere}"
+  if errno.EDQUOT in codes or "quota exceeded" in text:
+    return f"the disk quota is exceeded: free space within your quota or {elsewhere}"
+  if errno.EFBIG in codes or "file too large" in text:
+    return "a file reached the file-size limit of this process (ulimit -f): raise the limit"
+  if errno.EROFS in codes or "read-only file system" in text:
+    return f"the filesystem is read-only: {elsewhere}"
+  if codes & {errno.EACCES, errno.EPERM} or "permission denied" in text:
+    return f"no permission to write there: fix the permissions or {elsewhere}"
+  shown = f"{free / 2**30:.1f} GiB free" if free is not None else "free space unknown"
+  return (f"the disk is not full ({shown}): files changed under the writer, as when another "
+          "process writes the same directory, or the filesystem failed; make sure no other run "
+          "uses it")
 
 
 def _flatten(d, prefix=""):
@@ -96,7 +154,9 @@ def write_json(workdir: str, name: str, obj) -> str:
 
 
 def prepare(workdir: str, config) -> str:
-  """Creates the workdir (or checks it belongs to this config) and records config.json."""
+  """Creates the workdir (or checks it belongs to this config), takes its lock (one run per
+  workdir: workdir_lock; held until the process ends or the caller decorated with
+  workdir_lock.releases_own_locks returns) and records config.json."""
   if not workdir:
     raise ValueError("--workdir is empty; pass a directory for checkpoints and results")
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -108,6 +168,7 @@ def prepare(workdir: str, config) -> str:
     raise ValueError(f"cannot create --workdir {workdir!r}: {e.strerror}; pass another path") from None
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"--workdir {workdir!r} is not writable; pass another path")
+  workdir_lock.acquire_shared(workdir)  # before anything in it is read or written
   config_path = os.path.join(workdir, "config.json")
   has_run = any(os.path.exists(os.path.join(workdir, f)) for f in ("checkpoints", "results.json"))
   if os.path.exists(config_path) and has_run:

@@ -49,6 +49,15 @@ SPECIMEN_FLAGS = {
     "ihc_demo": "a larger --ihc_grid",
 }
 
+# How to get patches of two or more classes from each source.
+CLASSES_HELP = {
+    "folder": "put each class's patches in its own subfolder, ROOT/<class>/*.png",
+    "csv": "the label column must name two or more classes",
+    "pannuke": "keep two or more classes with --class_names, or leave it out",
+    "lizard": "keep two or more classes with --class_names, or leave it out",
+    "ihc_demo": "keep both classes (leave --class_names out)",
+}
+
 INPUT_HELP = {
     "folder": "the folder ROOT that holds ROOT/<class>/<patch files>",
     "csv": "the CSV manifest (columns path,label,specimen[,x,y])",
@@ -254,6 +263,13 @@ def run(*, source: str, input_path: str, name: str, data_dir: str = "", overwrit
   if not data.examples:
     raise BuildError(f"--source={source} --input={input_path}: no patches read "
                      f"({len(data.skipped)} input(s) skipped)")
+  present = sorted({e["label"] for e in data.examples})
+  if len(present) < 2:  # training would reach accuracy 1 by construction
+    shown = ", ".join(repr(data.class_names[c]) for c in present)
+    where = f"--source={source}" + (f" --input={input_path}" if input_path else "")
+    raise BuildError(f"{where}: all {len(data.examples)} "
+                     f"patches are of one class ({shown}); a classifier needs at least two "
+                     f"classes: {CLASSES_HELP[source]}")
   if data.info.get("specimen_warning"):
     print(f"warning: {data.info['specimen_warning']}", file=stderr)
 
@@ -295,7 +311,9 @@ def run(*, source: str, input_path: str, name: str, data_dir: str = "", overwrit
   for c, name_c in enumerate(data.class_names):
     missing = [s for s in parts if counts[s][c] == 0]
     if missing:
-      print(f"warning: class {name_c!r} has no patches in split(s) {missing}", file=stderr)
+      print(f"warning: class {name_c!r} has no patches in split(s) {missing}"
+            + ("; training on 'train' refuses it (FlagLimit samples every class): try another "
+               "--split_seed" if "train" in missing else ""), file=stderr)
   print(f"dataset {name!r}: {len(data.class_names)} classes, {len(data.examples)} patches, "
         f"written to {path}", file=stdout)
   if not {"train", "val", "test"} <= set(parts):

@@ -60,6 +60,8 @@ CLI_CASES = [
     (["--config.optim.lr=fast"], "--config.optim.lr"),
     (["--config.dataset.flaglimit=2.5"], "--config.dataset.flaglimit"),
     (["--config.model.name=resnet9"], "unknown model 'resnet9'; valid choices: "),
+    (["--config.optim.lr=nan"], "config.optim.lr=nan must be a finite number > 0 (the peak "
+                                "learning rate); pass e.g. --config.optim.lr=1e-3"),
 ]
 
 
@@ -98,9 +100,9 @@ def test_batch_size_not_divisible_by_devices(tiny_data_dir, tmp_path):
   assert not os.path.exists(tmp_path / "run")  # refused before anything was written
 
 
-def test_disk_full_while_checkpointing(tiny_data_dir, tmp_path):
-  """A file-size limit stands in for a full disk: the checkpoint write fails cleanly and the
-  half-written checkpoint never becomes the latest."""
+def test_file_size_limit_while_checkpointing(tiny_data_dir, tmp_path):
+  """A file-size limit fails the checkpoint write: it fails cleanly, the half-written
+  checkpoint never becomes the latest, and the error names the limit, not a full disk."""
   workdir = tmp_path / "run"
 
   def small_disk():
@@ -110,9 +112,38 @@ def test_disk_full_while_checkpointing(tiny_data_dir, tmp_path):
   rc, line = _main(["--config=configs/customvit.py", f"--workdir={workdir}",
                     *as_flags(tiny_overrides(tiny_data_dir, **{"train.epochs": 1.0}))],
                    preexec_fn=small_disk)
-  assert rc == 2 and line.startswith("error: could not write the checkpoint") and "free disk space" in line
+  assert rc == 2 and line.startswith("error: could not write the checkpoint"), line
+  assert "file-size limit" in line and "disk is full" not in line and "free disk space" not in line
   from cellvit_jax import checkpoint
   assert checkpoint.Checkpointer(str(workdir)).latest_step() is None
+
+
+def test_checkpoint_write_error_says_disk_full_only_when_it_is(tmp_path, monkeypatch):
+  import collections
+  import errno
+  from cellvit_jax import checkpoint
+  d = str(tmp_path)
+  try:  # the real chain: orbax wraps the OSError of the write
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+      raise ValueError("Error writing tensorstore array") from e
+  except ValueError as e:
+    full = str(checkpoint._write_error(d, 48, e))
+  assert full.startswith(f"could not write the checkpoint of step 48 to {d}")
+  assert "the disk is full: free disk space or pass another --workdir" in full
+  # tensorstore's text without an errno
+  assert "disk is full" in str(checkpoint._write_error(d, 3, ValueError("[OS error: No space left on device]")))
+  # What two runs writing one workdir produced (issue 17): not a full disk.
+  second_writer = ValueError("No ArrayMetadata found for process_index=0 in "
+                             f"{d}/40.orbax-checkpoint-tmp-123/state")
+  message = str(checkpoint._write_error(d, 48, second_writer))
+  assert "disk is full" not in message and "free disk space" not in message
+  assert "the disk is not full (" in message and "another process writes the same directory" in message
+  # ... unless the disk really has no space left.
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr("shutil.disk_usage", lambda p: usage(10 << 30, (10 << 30) - 4096, 4096))
+  assert "the disk is full" in str(checkpoint._write_error(d, 48, second_writer))
 
 
 # --- library: config values, datasets, workdirs -----------------------------------------
@@ -132,6 +163,26 @@ def test_run_level_errors_leave_a_finished_workdir_untouched(overrides, expect, 
     main.run(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, **overrides}), finished_workdir)
   assert expect in str(e.value)
   assert _tree_digest(finished_workdir) == before
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("lr", float("inf"), "config.optim.lr=inf must be a finite number > 0"),
+    ("lr", -1e-3, "config.optim.lr=-0.001 must be a finite number > 0"),
+    ("lr", 0.0, "config.optim.lr=0.0 must be a finite number > 0"),
+    ("weight_decay", -0.05, "config.optim.weight_decay=-0.05 must be a finite number >= 0"),
+    ("weight_decay", float("nan"), "config.optim.weight_decay=nan must be a finite number >= 0"),
+    ("label_smoothing", 1.0, "config.optim.label_smoothing=1.0 must be a finite number in [0, 1)"),
+    ("label_smoothing", -0.1, "config.optim.label_smoothing=-0.1 must be a finite number in [0, 1)"),
+    ("b2", 1.0, "config.optim.b2=1.0 must be a finite number in [0, 1)"),
+    ("grad_clip", float("inf"), "config.optim.grad_clip=inf must be a finite number >= 0"),
+])
+def test_bad_optimiser_values_are_refused_before_anything_is_written(key, value, expect,
+                                                                     tiny_data_dir, tmp_path):
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **{f"optim.{key}": value}),
+                             str(tmp_path / "run"))
+  assert expect in str(e.value) and f"--config.optim.{key}=" in str(e.value)
+  assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("overrides,expect", [
@@ -234,3 +285,54 @@ def test_dataset_path_that_is_a_file(tmp_path):
   (tmp_path / "cells").write_text("x")
   with pytest.raises(ValueError, match="is a file, not a dataset folder"):
     datasets.open_dataset("cells", str(tmp_path))
+
+
+# --- classes: fewer than two, or one missing from the training split ----------------------
+
+def _config_for(data_dir, name):
+  """The tiny CustomViT run on dataset `name` of data_dir, at batch 2."""
+  config = tiny_config(data_dir)
+  config.dataset.name, config.dataset.data_dir = name, data_dir
+  config.train.batch_size, config.train.eval_batch_size = 2, 2
+  return config
+
+
+def test_a_folder_of_one_class_is_refused_at_build_time(tmp_path, capsys):
+  import fixtures
+  from data_prep import build
+  for i in range(12):
+    fixtures.save(str(tmp_path / "ROOT" / "a" / f"P{i % 3}_{i}.png"), fixtures.patch(i))
+  data_dir = tmp_path / "data"
+  rc = build.build(["--source=folder", f"--input={tmp_path / 'ROOT'}", "--name=one",
+                    f"--data_dir={data_dir}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert err[0].startswith("error: --source=folder") and "all 12 patches are of one class ('a')" in err[0]
+  assert "at least two classes: put each class's patches in its own subfolder, ROOT/<class>/" in err[0]
+  assert not data_dir.exists()
+
+
+def test_a_one_class_dataset_built_before_is_refused_at_train_time(tmp_path):
+  example = lambda s: dict(image=synthetic_cells.render(
+      __import__("numpy").random.default_rng(0), [0], synthetic_cells._specimen_style(
+          __import__("numpy").random.default_rng(1)))[0], label=0, specimen=s, x=-1.0, y=-1.0,
+      source="t")
+  data_dir = str(tmp_path / "data")
+  tfds_writer.write(data_dir, "old_one_class", ["a"], {  # what data_prep.build wrote before
+      "train": [example("s1"), example("s2")], "val": [example("s3")], "test": [example("s4")]},
+      patch_size=40)
+  with pytest.raises(ValueError, match=r"dataset 'old_one_class' has 1 class \(a\); a classifier "
+                     r"needs at least two: rebuild it with python -m data_prep.build"):
+    train.train_and_evaluate(_config_for(data_dir, "old_one_class"), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_training_split_without_some_class_is_refused_naming_class_and_split(tmp_path):
+  data_dir = str(tmp_path / "data")
+  _write(data_dir, "no_b", {"train": [("s1", 0), ("s2", 0)], "val": [("s3", 0), ("s3", 1)],
+                            "test": [("s4", 0), ("s4", 1)]})
+  with pytest.raises(ValueError, match=r"class 'b' has no examples in split 'train' of dataset "
+                     r"'no_b'.*FlagLimit cannot sample the classes evenly: rebuild the dataset "
+                     r"with another --split_seed"):
+    train.train_and_evaluate(_config_for(data_dir, "no_b"), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

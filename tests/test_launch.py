@@ -76,6 +76,7 @@ def test_local_launcher_splits_cells_between_two_processes(tiny_data_dir, tmp_pa
     with open(study_dir / "logs" / f"worker{k}.log") as f:
       log = f.read()
     assert "1 cell(s) finished now" in log and "this worker's share" in log
+    assert (study_dir / f".lock-worker{k}of2").read_text() == ""  # each its own, released
   assert (study_dir / "report" / "report.md").is_file()
 
 
@@ -102,3 +103,6 @@ def test_two_jax_distributed_processes_train_each_cell_together(tiny_data_dir, t
   assert results["finished"] and results["devices"] == 2
   assert (study_dir / "runs" / "customvit" / "fl32" / "seed0" / "cell.json").is_file()
   assert "1 cell(s) finished now" in outs[0]
+  # Process 0 held the study's and the cell's lock for the job, and released both.
+  assert (study_dir / ".lock").read_text() == ""
+  assert (study_dir / "runs" / "customvit" / "fl32" / "seed0" / ".lock").read_text() == ""

@@ -85,6 +85,27 @@ def refuse_shared_specimens(dataset: CellDataset, allow: bool):
                      "config.dataset.allow_shared_specimens=True to accept the leak.")
 
 
+def refuse_unusable_classes(dataset: CellDataset, train_split: str):
+  """Raises when training on `train_split` cannot mean anything: fewer than two classes (the
+  accuracy is 1 by construction), or a class without examples in that split (FlagLimit draws
+  up to N per class, so it could not balance them). Datasets built before data_prep.build
+  refused these get the same one-line error here."""
+  names = dataset.class_names
+  if len(names) < 2:
+    raise ValueError(f"dataset {dataset.name!r} has {len(names)} class ({', '.join(names)}); a "
+                     "classifier needs at least two: rebuild it with python -m data_prep.build "
+                     "from patches of two or more classes (for --source=folder: one subfolder "
+                     "ROOT/<class>/ per class)")
+  counts = np.bincount(dataset.labels(train_split), minlength=len(names))
+  missing = [n for n, c in zip(names, counts) if c == 0]
+  if missing:
+    raise ValueError(f"class {missing[0]!r} has no examples in split {train_split!r} of dataset "
+                     f"{dataset.name!r} (classes without any: {missing}), so FlagLimit cannot "
+                     "sample the classes evenly: rebuild the dataset with another --split_seed or "
+                     "--split_fractions (data_prep.build prints the per-split class counts), or "
+                     "set config.dataset.train_split to a split that has every class")
+
+
 def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
   fields = {f.name for f in dataclasses.fields(synthetic_cells.SyntheticSpec)}
   given = dict(config_dataset.get("synthetic", {}) or {})

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cellvit_jax import restore
+from cellvit_jax import restore, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import blur_study, cost, study_grid
 
@@ -192,6 +192,16 @@ def ensure_cost(row, study_dir, study):
                  f"{entry['params']:,}", entry["gflops_per_image"], entry["images_per_sec"])
 
 
+def lock_name(study) -> str:
+  """The study directory's lock file: one per worker with parallel='cells' (the workers share
+  the directory; each cell's workdir has its own lock too), one for the study otherwise."""
+  worker = study_grid.parse_worker(study.worker or os.environ.get("CELLVIT_WORKER", ""))
+  if study.parallel == "cells" and worker is not None:
+    return f"{workdir_lock.LOCK_FILE}-worker{worker[0]}of{worker[1]}"
+  return workdir_lock.LOCK_FILE
+
+
+@workdir_lock.releases_own_locks
 def run_mode(config, workdir: str = "", modes=None) -> dict:
   """Runs this process's share of the study in `workdir` (default study/); returns a summary.
 
@@ -202,6 +212,7 @@ def run_mode(config, workdir: str = "", modes=None) -> dict:
   study = config.study
   study_dir = os.path.abspath(workdir or "study")
   os.makedirs(study_dir, exist_ok=True)
+  workdir_lock.acquire_shared(study_dir, lock_name(study))  # a second copy of this worker stops
   if jax.process_index() == 0:
     workdir_lib.write_json(study_dir, "study.json", {
         "config": config.to_dict(),

@@ -1,0 +1,54 @@
+"""Every benchmark runs as documented, `python -m benchmarks.<name>` from the repository root,
+without PYTHONPATH; and the docs show that form only."""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO
+
+MODULES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "benchmarks"))
+                 if f.endswith(".py") and f != "__init__.py")
+DOCS = ["README.md", "docs/blur.md", "docs/foundation_models.md", "benchmarks/RESULTS.md",
+        "benchmarks/FINDINGS.md"]
+
+# One interpreter for all (each start imports JAX): runpy.run_module is what `python -m` runs.
+HELP_ALL = textwrap.dedent("""
+    import contextlib, io, runpy, sys, warnings
+    warnings.simplefilter("ignore", RuntimeWarning)  # runpy: a module already imported by another
+    for name in sys.argv[1:]:
+      sys.argv = [name, "--help"]
+      out = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(out):
+          runpy.run_module("benchmarks." + name, run_name="__main__", alter_sys=True)
+        code = "returned"
+      except SystemExit as e:
+        code = e.code
+      print("RESULT", name, code, "usage" in out.getvalue().lower() or name in out.getvalue())
+""")
+
+
+def test_each_benchmark_shows_its_help_without_pythonpath():
+  assert {"train_step", "record", "blur", "input_pipeline"} <= set(MODULES)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", HELP_ALL, *MODULES], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = {l.split()[1]: l.split()[2:] for l in proc.stdout.splitlines() if l.startswith("RESULT")}
+  assert sorted(results) == MODULES, proc.stderr[-3000:]
+  for name, (code, shown) in results.items():
+    # argparse exits 0 after --help; absl (input_pipeline) exits 1 after printing it.
+    assert code in ("0", "1") and shown == "True", (name, code, shown)
+
+
+def test_the_docs_show_the_commands_that_work():
+  for doc in DOCS:
+    with open(os.path.join(REPO, doc)) as f:
+      text = f.read()
+    text = text.replace("`PYTHONPATH=. python benchmarks/<name>.py`", "")  # RESULTS.md's history note
+    assert "PYTHONPATH" not in text, doc
+    assert not re.search(r"python3? benchmarks/", text), doc
+    for name in re.findall(r"python -m benchmarks\.(\w+)", text):
+      assert name in MODULES or name == "record", (doc, name)
