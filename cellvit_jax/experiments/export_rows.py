@@ -15,7 +15,6 @@ variant.
 import json
 import os
 import platform
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,11 @@ from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import cost
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("tag", "", "Variant name of these runs (one table row when seeds differ).")
+flags.DEFINE_string("recipe", "", "Training-recipe name (defined in docs/customvit.md).")
+flags.DEFINE_string("output", "", "JSON-lines file to append to.")
+flags.DEFINE_bool("with_test", False, "Keep the test metrics (final configurations only; "
+                  "screening rows carry val only, so no choice can look at test).")
 
 
 def host_name() -> str:
@@ -101,10 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("tag", "", "Variant name of these runs (one table row when seeds differ).")
-  flags.DEFINE_string("recipe", "", "Training-recipe name (defined in docs/customvit.md).")
-  flags.DEFINE_string("output", "", "JSON-lines file to append to.")
-  flags.DEFINE_bool("with_test", False, "Keep the test metrics (final configurations only; "
-                    "screening rows carry val only, so no choice can look at test).")
   app.run(main)
-  sys.exit(0)
