@@ -59,10 +59,14 @@ def test_interrupted_run_resumes_and_finished_run_is_kept(tiny_data_dir, tmp_pat
 def test_other_config_in_same_workdir_is_refused(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0}), workdir)
-  before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  # The run's files; .lock is the workdir's lock, which the refused run held while it checked.
+  files = lambda: {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)
+                   if f != ".lock"}
+  before = files()
   with pytest.raises(ValueError, match="different config.*optim.lr"):
     train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "optim.lr": 0.1}), workdir)
-  assert before == {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  assert before == files() and "config.json" in before
+  assert open(os.path.join(workdir, ".lock")).read() == ""  # and released
 
 
 EQUIVALENCE = textwrap.dedent("""
