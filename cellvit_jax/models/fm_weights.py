@@ -18,18 +18,20 @@ import numpy as np
 from cellvit_jax.models import convert
 
 # config.json model_type -> the family whose Flax port runs it.
-MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip"}
+MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
+               "dinov2_with_registers": "dinov2_registers"}
 # Prefixes a model-with-head checkpoint puts before the backbone's keys.
-STRIP_PREFIXES = ("vit.", "dinov2.", "model.")
+STRIP_PREFIXES = ("vit.", "dinov2.", "dinov2_with_registers.", "model.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
   directory: str
-  family: str        # 'vit' | 'dinov2' | 'clip'
+  family: str        # 'vit' | 'dinov2' | 'dinov2_registers' | 'clip'
   fmt: str           # 'safetensors' | 'msgpack'
   path: str          # the weights file
-  hf_config: object  # the backbone's transformers config (ViTConfig, Dinov2Config, CLIPVisionConfig)
+  hf_config: object  # the backbone's transformers config (ViTConfig, Dinov2Config,
+  #                    Dinov2WithRegistersConfig, CLIPVisionConfig)
   timm: bool = False
 
   @property
@@ -40,10 +42,15 @@ class Checkpoint:
   def patch_size(self) -> int:
     return int(self.hf_config.patch_size)
 
+  @property
+  def num_registers(self) -> int:
+    return int(getattr(self.hf_config, "num_register_tokens", 0) or 0)
+
   def describe(self) -> str:
     c = self.hf_config
+    regs = f", {self.num_registers} registers" if self.num_registers else ""
     return (f"{self.family} hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
-            f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}")
+            f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}{regs}")
 
 
 def safetensors_header(path: str) -> dict:
@@ -92,6 +99,8 @@ def _hf_config(family: str, raw: dict):
     # the stored lambda1 already is the trained gamma (PyTorch uses it as is), so 1.0 makes the
     # Flax port exact.  The mask token is unused without masking: not required.
     return transformers.Dinov2Config(**{**raw, "layerscale_value": 1.0, "use_mask_token": False})
+  if family == "dinov2_registers":  # run by our own Flax module (models/dinov2_registers.py)
+    return transformers.Dinov2WithRegistersConfig(**raw)
   if raw.get("model_type") == "clip":
     return transformers.CLIPConfig(**raw).vision_config
   return transformers.CLIPVisionConfig(**raw)
@@ -149,7 +158,8 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
         f"config.fm.weights={directory!r} holds a {family!r} checkpoint "
         f"({'timm' if timm else 'config.json model_type ' + repr(raw['model_type'])}) but "
         f"config.fm.preset={preset_name!r} expects {expected_family!r}; point it at the "
-        f"{preset_name} weights" + (f" or use --config.fm.preset={matching[0]}" if matching else ""))
+        f"{preset_name} weights" + (f" or use --config.fm.preset={' | '.join(matching)}"
+                                    if matching else ""))
   return Checkpoint(directory=directory, family=family, fmt=fmt, path=path,
                     hf_config=_hf_config(family, raw), timm=timm)
 
