@@ -84,10 +84,10 @@ def test_vit_input_size_must_match_its_position_table(weights):
 
 
 def test_missing_and_empty_weights(tmp_path):
-  with pytest.raises(ValueError, match=r"config.fm.weights is empty; download owkin/phikon.*"
+  with pytest.raises(ValueError, match=r"config.fm.weights is empty; pass --config.fm.weights=owkin/phikon.*"
                                        r"--tiny=phikon"):
     _build("phikon,probe", "")
-  with pytest.raises(FileNotFoundError, match=r"is not a directory; download MahmoodLab/UNI"):
+  with pytest.raises(FileNotFoundError, match=r"is not a directory; pass the hub id \(--config.fm.weights=MahmoodLab/UNI\)"):
     _build("uni,probe", str(tmp_path / "nowhere"))
   (tmp_path / "bin").mkdir()
   (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"x")

@@ -1,4 +1,6 @@
-"""Foundation-model weights from a local directory: what it holds, and its tensors as Flax params.
+"""Foundation-model weights from a local directory or a hub id: what they hold, and their
+tensors as Flax params.  A hub id (owner/name[@revision]) is fetched into the Hugging Face
+cache by models/fm_hub.py and then read as the directory it lands in.
 
 A weights directory is what the model's publisher ships: config.json plus model.safetensors
 (PyTorch key names; read with numpy, no torch) or flax_model.msgpack (a Flax params tree).
@@ -15,7 +17,7 @@ import struct
 
 import numpy as np
 
-from cellvit_jax.models import convert
+from cellvit_jax.models import convert, fm_hub
 
 # config.json model_type -> the family whose Flax port runs it.
 MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
@@ -170,15 +172,18 @@ def _presets():
 
 
 def inspect(directory: str, preset, num_heads: int = 0) -> Checkpoint:
-  """What `directory` holds, checked against `preset`'s family (reads headers only)."""
+  """What `directory` (a local directory or a hub id) holds, checked against `preset`'s family
+  (reads headers only)."""
   if not directory:
-    raise ValueError(f"config.fm.weights is empty; download {preset.hub_id} and pass "
-                     f"--config.fm.weights=DIR, or write a tiny random one: python -m "
+    raise ValueError(f"config.fm.weights is empty; pass --config.fm.weights={preset.hub_id} (the "
+                     f"hub id) or a local directory, or write a tiny random one: python -m "
                      f"cellvit_jax.models.foundation --tiny={preset.name} --output=DIR")
+  if fm_hub.is_hub_id(directory):  # owner/name[@revision]: fetched into the HF cache
+    directory = fm_hub.resolve(directory, preset.name)
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.fm.weights={directory!r} is not a directory; download "
-                            f"{preset.hub_id} there or pass its path")
+    raise FileNotFoundError(f"config.fm.weights={directory!r} is not a directory; pass the hub id "
+                            f"(--config.fm.weights={preset.hub_id}) or a local directory")
   files = [os.path.join(directory, n) for n in ("config.json", "model.safetensors",
                                                 "flax_model.msgpack")]
   stamp = tuple((os.path.getsize(f), os.path.getmtime(f)) if os.path.exists(f) else None
