@@ -91,7 +91,8 @@ def read_safetensors(path: str) -> dict:
   return out
 
 
-def _hf_config(family: str, raw: dict):
+def hf_config(family: str, raw: dict):
+  """The backbone's transformers config object of `family` from config.json-style kwargs."""
   import transformers
   raw = {k: v for k, v in raw.items() if k not in ("transformers_version",)}
   if family == "vit":
@@ -163,7 +164,7 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
         f"{preset_name} weights" + (f" or use --config.fm.preset={' | '.join(matching)}"
                                     if matching else ""))
   return Checkpoint(directory=directory, family=family, fmt=fmt, path=path,
-                    hf_config=_hf_config(family, raw), timm=timm)
+                    hf_config=hf_config(family, raw), timm=timm)
 
 
 def _presets():
