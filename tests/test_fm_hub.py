@@ -63,22 +63,31 @@ def _env(hub, home, **extra):
 
 
 _RESOLVE = """
-import json, sys
+import json, os, sys
+if os.environ.get("TEST_WITHOUT_TORCH"):
+  sys.modules["torch"] = None  # import torch now raises ImportError, as without torch installed
 from cellvit_jax.models import fm_presets, fm_weights
-try:
-  ckpt = fm_weights.inspect(sys.argv[1], fm_presets.get(sys.argv[2]))
-except (ValueError, OSError) as e:
-  print(json.dumps({"error": str(e)})); sys.exit(0)
-print(json.dumps({"directory": ckpt.directory, "path": ckpt.path, "sha256": fm_weights.weights_hash(ckpt),
-                  "family": ckpt.family, "registers": ckpt.num_registers}))
+for weights in sys.argv[2:]:
+  try:
+    ckpt = fm_weights.inspect(weights, fm_presets.get(sys.argv[1]))
+    got = {"directory": ckpt.directory, "path": ckpt.path, "sha256": fm_weights.weights_hash(ckpt),
+           "family": ckpt.family, "registers": ckpt.num_registers}
+  except (ValueError, OSError) as e:
+    got = {"error": str(e)}
+  print(json.dumps(got))
 """
 
 
-def _resolve(hub, home, weights, preset="virchow2", **env):
-  out = subprocess.run([sys.executable, "-c", _RESOLVE, weights, preset], cwd=REPO,
+def _resolve_all(hub, home, weights, preset="virchow2", **env):
+  """inspect() of each of `weights` in one fresh interpreter with this environment."""
+  out = subprocess.run([sys.executable, "-c", _RESOLVE, preset, *weights], cwd=REPO,
                        env=_env(hub, home, **env), capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return [json.loads(line) for line in out.stdout.strip().splitlines()[-len(weights):]]
+
+
+def _resolve(hub, home, weights, preset="virchow2", **env):
+  return _resolve_all(hub, home, [weights], preset, **env)[0]
 
 
 def _sha(path):
@@ -109,17 +118,19 @@ def test_gated_repo_without_token_is_one_line_and_with_token_downloads(hub, tmp_
 
 def test_revision_pinning_and_offline_warm_and_cold_cache(hub, tmp_path):
   home = tmp_path / "home"
-  pinned = _resolve(hub, home, f"paige-ai/Virchow2@{A}", HF_TOKEN=TOKEN)
+  pinned, missing, latest = _resolve_all(
+      hub, home, [f"paige-ai/Virchow2@{A}", "paige-ai/Virchow2@" + "c" * 40, "paige-ai/Virchow2"],
+      HF_TOKEN=TOKEN)
   assert pinned["directory"].endswith(os.path.join("snapshots", A))
   assert pinned["sha256"] == _sha(os.path.join(hub.sources["old"], "model.safetensors"))
-  missing = _resolve(hub, home, "paige-ai/Virchow2@" + "c" * 40, HF_TOKEN=TOKEN)
   assert "revision 'cccccccc" in missing["error"] and "does not exist in paige-ai/Virchow2" in missing["error"]
-  latest = _resolve(hub, home, "paige-ai/Virchow2", HF_TOKEN=TOKEN)
-  assert latest["sha256"] != pinned["sha256"]
+  assert latest["directory"].endswith(os.path.join("snapshots", B))
+  assert latest["sha256"] == _sha(os.path.join(hub.sources["new"], "model.safetensors"))
   # Offline: the warm cache answers (both revisions), without a single request.
   before = len(hub.requests)
-  for weights, expected in ((f"paige-ai/Virchow2@{A}", pinned), ("paige-ai/Virchow2", latest)):
-    got = _resolve(hub, home, weights, HF_HUB_OFFLINE="1")
+  offline = _resolve_all(hub, home, [f"paige-ai/Virchow2@{A}", "paige-ai/Virchow2"],
+                         HF_HUB_OFFLINE="1")
+  for got, expected in zip(offline, (pinned, latest)):
     assert got["directory"] == expected["directory"] and got["sha256"] == expected["sha256"]
   assert len(hub.requests) == before
   # Offline on a cold cache: a clear error, still no request.
@@ -132,6 +143,11 @@ def test_revision_pinning_and_offline_warm_and_cold_cache(hub, tmp_path):
 
 def test_pytorch_bin_only_repo_is_converted_once_and_cached_by_hash(hub, tmp_path):
   home = tmp_path / "home"
+  no_torch = _resolve(hub, home, "someone/virchow2-bin", TEST_WITHOUT_TORCH="1")
+  assert no_torch["error"].startswith("config.fm.weights='someone/virchow2-bin' ships only "
+                                      "pytorch_model.bin, a PyTorch pickle: converting it once "
+                                      "needs torch")
+  assert not (home / "cellvit_jax").exists()
   got = _resolve(hub, home, "someone/virchow2-bin")
   assert got["directory"].startswith(str(home / "cellvit_jax" / "converted")) and got["registers"] == 4
   blob = os.path.basename(got["directory"])
@@ -143,6 +159,7 @@ def test_pytorch_bin_only_repo_is_converted_once_and_cached_by_hash(hub, tmp_pat
   assert again == got and os.path.getmtime(got["path"]) == stamp  # not converted again
 
 
+@pytest.mark.slow  # a full probe run (about a minute here); the resolution it uses is tested above
 def test_probe_through_the_command_line_with_a_hub_id(hub, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   flags = as_flags(fm_overrides(tiny_data_dir, "paige-ai/Virchow2", str(tmp_path / "cache")))

@@ -14,6 +14,7 @@ parameters; the others say "not measured" rather than guess.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -54,7 +55,8 @@ def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1
   abstract = jax.eval_shape(init)
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract["params"])))
   compiled = jax.jit(_forward(model)).lower(abstract, images).compile()
-  row = {"model": name, "published": fm_presets.get(name).published.split(" (")[0],
+  row = {"model": name, "hub_id": fm_presets.get(name).hub_id,
+         "published": fm_presets.get(name).published.split(" (")[0],
          "params": params, "input_size": model.input_size,
          "gflops_per_image": cost.xla_flops(compiled) / 1e9, "images_per_sec": {},
          "device": jax.devices()[0].device_kind}
@@ -66,17 +68,27 @@ def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1
   return row
 
 
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
 def markdown_table(rows) -> str:
-  head = ["preset", "published model", "parameters", "input", "GFLOPs/image", "images/s @1"]
+  head = ["preset", "hub id", "architecture", "parameters", "input", "GFLOPs/image",
+          "images/s @1"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     speed = r["images_per_sec"].get("1")
     lines.append("| " + " | ".join([
-        f"`{r['model']}`", r["published"], f"{r['params'] / 1e6:.1f} M",
+        f"`{r['model']}`", r.get("hub_id", ""), r["published"], f"{r['params'] / 1e6:.1f} M",
         f"{r['input_size']}x{r['input_size']}", f"{r['gflops_per_image']:.1f}",
         f"{speed:.2f}" if speed else "not measured"]) + " |")
   device = rows[0]["device"] if rows else "?"
-  return "\n".join(lines) + f"\n\nDevice: {device}.\n"
+  cpu = f", {cpu_model()}, {os.cpu_count()} cores" if device == "cpu" and cpu_model() else ""
+  return "\n".join(lines) + f"\n\nDevice: {device}{cpu}.\n"
 
 
 def main(argv=None):
@@ -88,7 +100,7 @@ def main(argv=None):
   p.add_argument("--output", default="", help="write the rows as JSON here")
   p.add_argument("--update", default="", help="rewrite the fm cost-table block of this file")
   a = p.parse_args(argv)
-  names = fm_presets.names() if a.presets == "all" else a.presets.split(",")
+  names = list(fm_presets.PRESETS) if a.presets == "all" else a.presets.split(",")
   try:
     for n in names:
       fm_presets.get(n)
