@@ -78,10 +78,10 @@ def get_config():
   # Foundation models (models/fm_presets.py, docs/foundation_models.md); used when
   # fm.preset is set (configs/fm.py), ignored otherwise.
   config.fm = ml_collections.ConfigDict()
-  config.fm.preset = ""                 # 'phikon' | 'uni' | 'plip'; "" -> not an FM run
-  config.fm.weights = ""                # local directory of the downloaded (or --tiny) weights
-  config.fm.num_heads = 0               # timm checkpoints only: 0 -> hidden / 64
-  config.fm.input_size = 0              # 0 -> the checkpoint's image size (224 when published)
+  config.fm.preset = ""                 # a models/fm_presets.py name; "" -> not an FM run
+  config.fm.weights = ""                # hub id owner/name[@rev] (HF cache) or a local directory
+  config.fm.num_heads = 0               # timm only: 0 -> config.json, else hidden / 64
+  config.fm.input_size = 0              # 0 -> the preset's, else the checkpoint's (224)
   config.fm.resize_method = ""          # "" -> the preset's ('bilinear' | 'bicubic')
   config.fm.feature = ""                # "" -> the preset's ('cls' | 'cls_mean')
   config.fm.layer_decay = 0.75          # finetune: lr of block i scaled by decay ** (L - i)

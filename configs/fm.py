@@ -1,10 +1,13 @@
 """The pathology foundation models: linear probe or fine-tuning, one file for all presets.
 
-  python -m cellvit_jax.main --config=configs/fm.py:phikon,probe --config.fm.weights=~/fm/phikon
-  python -m cellvit_jax.main --config=configs/fm.py:uni,finetune --config.fm.weights=~/fm/uni
-  python -m cellvit_jax.main --config=configs/fm.py:plip,probe --config.fm.weights=~/fm/plip
+  python -m cellvit_jax.main --config=configs/fm.py:phikon,probe --config.fm.weights=owkin/phikon
+  python -m cellvit_jax.main --config=configs/fm.py:virchow2,finetune --config.fm.weights=paige-ai/Virchow2
+  python -m cellvit_jax.main --config=configs/fm.py:uni,probe --config.fm.weights=~/fm/uni
 
-The argument is `<preset>,<mode>`: preset phikon | uni | plip (models/fm_presets.py), mode
+The argument is `<preset>,<mode>`: preset phikon | uni | plip | phikon2 | gigapath | uni2 |
+virchow2 | hoptimus0 (models/fm_presets.py); config.fm.weights is a hub id
+(owner/name[@revision], fetched into the Hugging Face cache; gated ones need HF_TOKEN)
+or a local directory; mode
 probe (frozen features, cached once, multinomial logistic regression with L2 chosen on
 val) | finetune (the whole model, AdamW with layer-wise lr decay).  These FMs are our
 choice: the paper's are not public (docs/foundation_models.md).  No weights?  Write a

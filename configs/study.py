@@ -10,12 +10,15 @@ file, and `config.study.set` applies to every row (the dataset, typically):
   --config.study.flaglimits="(256, 1024)" --config.study.seeds="(0,)"
 
 FM rows: the `fm` argument adds phikon/uni/plip x probe/finetune (configs/fm.py:<fm>,<mode>);
-give each FM's weights folder (docs/foundation_models.md), e.g.
-  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni
-(and the same for uni_finetune, phikon_*, plip_*).  The grid, seeds and blur grid are our choices; the paper
+`fm=uni2,virchow2` adds those presets instead, `fm=all` all eight (models/fm_presets.py).
+Each row's weights default to its preset's hub id (fetched into the Hugging Face cache;
+gated ones need HF_TOKEN); give a local folder instead with, e.g.
+  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni  The grid, seeds and blur grid are our choices; the paper
 publishes only its FlagLimit range (256 ... 16,384).  See docs/study.md.
 """
 import ml_collections
+
+from cellvit_jax.models import fm_presets
 
 SMALL_MODELS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
                 "convnext_tiny", "vit_small", "swin_tiny")
@@ -29,13 +32,19 @@ def get_config(arg: str = ""):
   study = config.study = ml_collections.ConfigDict()
   # name -> {config: spec, set: overrides of that config}; the name is the folder under runs/.
   models = {m: {"config": f"configs/{m}.py", "set": {}} for m in SMALL_MODELS}
-  if arg == "fm":
-    # fm.weights per row, e.g. --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+  if arg == "fm" or arg.startswith("fm="):
+    fms = FMS if arg == "fm" else arg[3:].split(",")
+    fms = fm_presets.names() if fms == ["all"] else fms
+    for fm in fms:
+      fm_presets.get(fm)  # a clear error naming the valid presets
+    # fm.weights per row: the preset's hub id unless set, e.g.
+    # --config.study.models.uni_probe.set.fm.weights=~/fm/uni
     models.update({f"{fm}_{mode}": {"config": f"configs/fm.py:{fm},{mode}",
-                                    "set": {"fm": {"weights": ""}}}
-                   for fm in FMS for mode in FM_MODES})
+                                    "set": {"fm": {"weights": fm_presets.get(fm).hub_id}}}
+                   for fm in fms for mode in FM_MODES})
   elif arg:
-    raise ValueError(f"configs/study.py takes no argument or 'fm', got {arg!r}")
+    raise ValueError(f"configs/study.py takes no argument, 'fm', 'fm=<preset>,<preset>' or "
+                     f"'fm=all', got {arg!r}")
   study.models = ml_collections.ConfigDict(models)
   study.rows = ""                          # comma list of row names to run; "" = all
   study.flaglimits = tuple(2 ** k for k in range(8, 15))   # 256 ... 16,384 per class

@@ -84,10 +84,10 @@ def test_vit_input_size_must_match_its_position_table(weights):
 
 
 def test_missing_and_empty_weights(tmp_path):
-  with pytest.raises(ValueError, match=r"config.fm.weights is empty; download owkin/phikon.*"
+  with pytest.raises(ValueError, match=r"config.fm.weights is empty; pass --config.fm.weights=owkin/phikon.*"
                                        r"--tiny=phikon"):
     _build("phikon,probe", "")
-  with pytest.raises(FileNotFoundError, match=r"is not a directory; download MahmoodLab/UNI"):
+  with pytest.raises(FileNotFoundError, match=r"is not a directory; pass the hub id \(--config.fm.weights=MahmoodLab/UNI\)"):
     _build("uni,probe", str(tmp_path / "nowhere"))
   (tmp_path / "bin").mkdir()
   (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"x")
@@ -101,7 +101,8 @@ def test_bad_fm_options_and_presets(weights):
     _build("phikon,probe", weights["phikon"], feature="avg")
   with pytest.raises(ValueError, match="config.fm.resize_method='nearest'; valid: bilinear, bicubic"):
     _build("phikon,probe", weights["phikon"], resize_method="nearest")
-  with pytest.raises(ValueError, match="unknown config.fm.preset 'virchow'; valid presets: phikon, plip, uni"):
+  with pytest.raises(ValueError, match="unknown config.fm.preset 'virchow'; valid presets: gigapath, "
+                                       "hoptimus0, phikon, phikon2, plip, uni, uni2, virchow2"):
     _config("virchow,probe", "")
   with pytest.raises(ValueError, match="mode 'train' is not one of probe, finetune"):
     _config("uni,train", "")
@@ -111,8 +112,23 @@ def test_bad_fm_options_and_presets(weights):
 
 def test_converter_refuses_unsupported_timm_layouts(weights, tmp_path):
   state = fm_weights.read_safetensors(os.path.join(weights["uni"], "model.safetensors"))
-  with pytest.raises(ValueError, match="register tokens or an unpacked SwiGLU MLP"):
-    convert.timm_to_dinov2({**state, "reg_token": np.zeros((1, 4, 32), np.float32)})
+  z = lambda *s: np.zeros(s, np.float32)
+  with pytest.raises(ValueError, match=r"has tensor 'blocks.0.attn.q_norm.weight' \(query/key "
+                                       r"normalisation\), which Dinov2Model / "
+                                       r"Dinov2WithRegistersModel cannot express"):
+    convert.timm_to_dinov2({**state, "blocks.0.attn.q_norm.weight": z(16)})
+  with pytest.raises(ValueError, match=r"'fc_norm.bias' \(global average pooling"):
+    convert.architecture({**state, "fc_norm.weight": z(32), "fc_norm.bias": z(32)})
+  with pytest.raises(ValueError, match=r"'blocks.0.mlp.fc1_g.weight' \(an unpacked SwiGLU"):
+    convert.architecture({**state, "blocks.0.mlp.fc1_g.weight": z(64, 32)})
+  with pytest.raises(ValueError, match=r"pos_embed has 7 positions, neither a square grid nor 1 "
+                                       r"class \+ 4 register \+ a square grid"):
+    convert.architecture({**state, "reg_token": z(1, 4, 32), "pos_embed": z(1, 7, 32)})
+  with pytest.raises(ValueError, match=r"has no tensor 'cls_token'"):
+    convert.architecture({k: v for k, v in state.items() if k != "cls_token"})
+  # A classifier head is dropped, not refused: we read the features before it.
+  assert convert.architecture({**state, "head.weight": z(5, 32)}, 2)["hidden_size"] == 32
+  assert convert.default_heads(1280) == 16 and convert.default_heads(1536) == 24
   with pytest.raises(ValueError, match=r"--num_heads=5 does not divide the checkpoint's hidden size 32"):
     convert.timm_to_dinov2(state, num_heads=5)
   with pytest.raises(ValueError, match="--from='hf' is not supported"):
@@ -142,6 +158,14 @@ def test_main_prints_one_error_line_and_writes_nothing(weights, tmp_path):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: config.fm.weights=") and "'clip'" in last and "'vit'" in last
   assert not workdir.exists()
+
+
+def test_register_checkpoint_under_a_plain_preset_names_the_register_presets(tmp_path):
+  w = foundation.write_tiny("virchow2", str(tmp_path / "v2"))
+  with pytest.raises(ValueError, match=r"holds a 'dinov2_registers' checkpoint \(timm\) but "
+                                       r"config.fm.preset='uni' expects 'dinov2'.*"
+                                       r"--config.fm.preset=uni2 \| virchow2 \| hoptimus0$"):
+    _build("uni,probe", w)
 
 
 def test_tiny_writer_config_is_the_published_layout(weights):
@@ -182,4 +206,5 @@ def test_unknown_preset_on_the_command_line_is_one_clear_line():
   assert out.returncode == 2
   line = out.stderr.strip().splitlines()[-1]
   assert "Traceback" not in line and line.endswith(
-      "ValueError: unknown config.fm.preset 'virchow'; valid presets: phikon, plip, uni")
+      "ValueError: unknown config.fm.preset 'virchow'; valid presets: gigapath, hoptimus0, "
+      "phikon, phikon2, plip, uni, uni2, virchow2")

@@ -44,14 +44,23 @@ def _pixels(preset, images01):
   return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def timm_vit_forward(sd, x, num_heads, eps=1e-6):
-  """timm VisionTransformer.forward_features + token pool (class_token, LayerScale, no fc_norm)."""
+def timm_vit_forward(sd, x, num_heads, eps=1e-6, tokens=False):
+  """timm VisionTransformer.forward_features + token pool (class_token, LayerScale, no fc_norm),
+  with timm's register tokens (`reg_token`) and both position layouts of `_pos_embed`:
+  no_embed_class (the table covers the patch grid only, added before the class and register
+  tokens are prepended) or the default (the table covers class + registers + grid)."""
   sd = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
   w = sd["patch_embed.proj.weight"]
   d, patch = w.shape[0], w.shape[-1]
   x = F.conv2d(x, w, sd["patch_embed.proj.bias"], stride=patch).flatten(2).transpose(1, 2)
   b = x.shape[0]
-  x = torch.cat([sd["cls_token"].expand(b, -1, -1), x], 1) + sd["pos_embed"]
+  prefix = [sd["cls_token"].expand(b, -1, -1)]
+  if "reg_token" in sd:
+    prefix.append(sd["reg_token"].expand(b, -1, -1))
+  if sd["pos_embed"].shape[1] == x.shape[1]:  # no_embed_class
+    x = torch.cat(prefix + [x + sd["pos_embed"]], 1)
+  else:
+    x = torch.cat(prefix + [x], 1) + sd["pos_embed"]
   depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
   for i in range(depth):
     p = lambda name: sd[f"blocks.{i}.{name}"]
@@ -72,7 +81,7 @@ def timm_vit_forward(sd, x, num_heads, eps=1e-6):
     h = F.linear(h, p("mlp.fc2.weight"), p("mlp.fc2.bias"))
     x = x + p("ls2.gamma") * h
   x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps)
-  return x[:, 0]
+  return x if tokens else x[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +171,75 @@ def test_timm_vit_with_packed_swiglu_mlp_converts_exactly(tmp_path, images):
   with torch.no_grad():
     pooled = ref(pixel_values=_pixels("uni", images)).pooler_output.numpy()
   np.testing.assert_allclose(pooled, expected, atol=TOL, rtol=0)
+
+
+TIMM_PRESETS = ("uni2", "virchow2", "hoptimus0", "gigapath")
+
+
+@pytest.mark.parametrize("preset", TIMM_PRESETS)
+def test_timm_layouts_match_timm_forward_and_transformers(preset, tmp_path, images):
+  """Each published timm layout (register tokens or not, position table with or without the
+  class and register tokens, SwiGLUPacked MLP) through our Flax path, read directly and
+  after the converter, against timm's forward and transformers' PyTorch
+  Dinov2WithRegistersModel / Dinov2Model on the converted directory."""
+  import transformers
+  layout = fm_presets.get(preset).tiny
+  timm_dir = foundation.write_tiny(preset, str(tmp_path / "timm"))
+  state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
+  registers = layout["registers"]
+  assert ("reg_token" in state) == bool(registers)
+  prefix = {"none": 0, "class": 1, "class+registers": 1 + registers}[layout["pos_prefix"]]
+  assert state["pos_embed"].shape[1] == prefix + 4  # 2x2 grid
+  with torch.no_grad():
+    tokens = timm_vit_forward(state, _pixels(preset, images), num_heads=2, tokens=True).numpy()
+  cls = tokens[:, 0]
+  # The model cards' features: class token, or (Virchow2) class + mean of the patch tokens
+  # with the registers left out (output[:, 1 + registers:]).
+  card = (np.concatenate([cls, tokens[:, 1 + registers:].mean(1)], -1)
+          if fm_presets.get(preset).feature == "cls_mean" else cls)
+  np.testing.assert_allclose(_ours(preset, timm_dir, images), card, atol=TOL, rtol=0)
+  np.testing.assert_allclose(_ours(preset, timm_dir, images, feature="cls"), cls, atol=TOL, rtol=0)
+  hf_dir = str(tmp_path / "hf")
+  arch = convert.convert("timm", timm_dir, hf_dir)  # heads from the timm config.json
+  assert arch["num_attention_heads"] == 2 and arch.get("num_register_tokens", 0) == registers
+  assert arch["use_swiglu_ffn"] == layout["swiglu"]
+  np.testing.assert_allclose(_ours(preset, hf_dir, images), card, atol=TOL, rtol=0)
+  cls_name = "Dinov2WithRegistersModel" if registers else "Dinov2Model"
+  assert arch["architectures"] == [cls_name]
+  ref = getattr(transformers, cls_name).from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    out = ref(pixel_values=_pixels(preset, images))
+  # Every token, registers included, matches timm's (the register positions were folded in).
+  np.testing.assert_allclose(out.last_hidden_state.numpy(), tokens, atol=TOL, rtol=0)
+  np.testing.assert_allclose(out.pooler_output.numpy(), cls, atol=TOL, rtol=0)
+
+
+def test_register_model_matches_transformers_at_patch_14(tmp_path):
+  """Patch 14 (as UNI2-h, Virchow2, H-optimus-0 use), 3 registers, GELU MLP, qkv without
+  bias: our Dinov2WithRegisters against transformers' on a directory it saved itself."""
+  import transformers
+  config = transformers.Dinov2WithRegistersConfig(
+      hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=2, image_size=28,
+      patch_size=14, num_register_tokens=3, qkv_bias=False, layerscale_value=0.5)
+  torch.manual_seed(0)
+  ref = transformers.Dinov2WithRegistersModel(config).eval()
+  with torch.no_grad():
+    for p in ref.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  ref.save_pretrained(str(tmp_path / "w"))
+  x = np.random.default_rng(1).random((2, 28, 28, 3), dtype=np.float32)
+  with torch.no_grad():
+    expected = ref(pixel_values=_pixels("uni2", x)).last_hidden_state.numpy()
+  got = _ours("uni2", str(tmp_path / "w"), x, feature="cls")
+  np.testing.assert_allclose(got, expected[:, 0], atol=TOL, rtol=0)
+
+
+def test_phikon2_matches_transformers_dinov2(tmp_path, images):
+  from transformers import Dinov2Model
+  weights = foundation.write_tiny("phikon2", str(tmp_path / "phikon2"))
+  ref = Dinov2Model.from_pretrained(weights).eval()
+  with torch.no_grad():
+    out = ref(pixel_values=_pixels("phikon2", images))
+  # input_size 32: the tiny checkpoint's own size (the preset runs the published 224).
+  np.testing.assert_allclose(_ours("phikon2", weights, images, input_size=32),
+                             out.last_hidden_state[:, 0].numpy(), atol=TOL, rtol=0)

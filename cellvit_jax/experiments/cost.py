@@ -117,15 +117,16 @@ MODEL_CONFIGS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientn
 BLOCK_START, BLOCK_END = "<!-- cost table: start -->", "<!-- cost table: end -->"
 
 
-def replace_block(path: str, text: str):
+def replace_block(path: str, text: str, markers=(BLOCK_START, BLOCK_END)):
   """Replaces what stands between the cost-table markers in `path` (atomically)."""
+  begin_marker, end_marker = markers
   with open(path) as f:
     content = f.read()
-  start, end = content.find(BLOCK_START), content.find(BLOCK_END)
+  start, end = content.find(begin_marker), content.find(end_marker)
   if start < 0 or end < start:
-    raise ValueError(f"{path} has no '{BLOCK_START}' ... '{BLOCK_END}' block to replace; add "
+    raise ValueError(f"{path} has no '{begin_marker}' ... '{end_marker}' block to replace; add "
                      "the two marker lines where the table should go")
-  workdir_lib.write_text(path, content[:start + len(BLOCK_START)] + "\n" + text + content[end:])
+  workdir_lib.write_text(path, content[:start + len(begin_marker)] + "\n" + text + content[end:])
 
 
 def main(argv):

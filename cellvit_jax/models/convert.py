@@ -1,35 +1,59 @@
-"""timm ViT checkpoints -> transformers Dinov2Model format (a ViT with LayerScale).
+"""timm ViT checkpoints -> transformers Dinov2Model / Dinov2WithRegistersModel format.
 
     python -m cellvit_jax.models.convert --from=timm --input=uni/pytorch_model.bin --output=uni_hf
 
-UNI (and other timm ViTs of the same layout) is published as a timm state dict; the
-transformers class with the same computation is Dinov2Model (LayerScale, fused-free qkv,
-GELU MLP, pre-norm blocks, final norm).  The architecture is read from the tensors
-themselves: width and depth from the block weights, patch and image size from the patch
-embedding and the position table, the MLP (plain GELU, or timm's packed SwiGLU as in
-Virchow) from fc1/fc2; heads are hidden / 64 (the standard head width) unless
---num_heads says otherwise.  The output directory holds config.json and model.safetensors
-with Dinov2Model's PyTorch key names, so transformers' Dinov2Model and our Flax path both
-read it.  `config.fm.weights` may also point straight at a timm directory: the loader
-runs the same conversion in memory.
+The pathology ViTs published as timm state dicts (UNI, UNI2-h, Virchow2, H-optimus-0,
+Prov-GigaPath) all compute what transformers' Dinov2Model computes (pre-norm blocks,
+LayerScale, final norm), plus, for the register-token ones, what Dinov2WithRegistersModel
+adds (register tokens inserted after the class token, after the position embedding).
+The architecture is read from the tensors themselves: width and patch from the patch
+embedding, depth from the block keys, register count from `reg_token`, the MLP (plain
+GELU, or timm's packed SwiGLU: fc1 makes twice the width fc2 reads) from fc1/fc2, and
+which tokens the position table covers from its length:
 
-Two details of transformers' Flax Dinov2 port matter: FlaxDinov2LayerScale multiplies its
+  grid only          timm no_embed_class=True (UNI2-h, H-optimus-0): the class token gets no
+                     position; written as a class row of zeros (exact).
+  class + grid       plain timm ViT (UNI, Prov-GigaPath): as transformers stores it.
+  class + registers  timm default with reg_tokens (Virchow2): the registers' positions are
+  + grid             constants added to constants, so they are folded into the register
+                     tokens (exact; transformers adds no position to registers).
+
+Heads: --num_heads, else the timm config.json's model_args.num_heads, else hidden / 64
+(the head width of ViT-B/L/g) except 16 for hidden 1280 (ViT-H/14: Virchow, Virchow2).
+Any tensor this layout cannot express (fc_norm, q/k norms, an unpacked SwiGLU, ...) is
+refused with one line naming it; a classifier head (`head.*`) is dropped: we read the
+features before it.  The output directory holds config.json and model.safetensors with
+transformers' PyTorch key names, readable by transformers and by our Flax path;
+`config.fm.weights` may also point straight at a timm directory (converted in memory).
+
+Two details of the Flax side matter: transformers' FlaxDinov2LayerScale multiplies its
 parameter by config.layerscale_value twice, so we store the trained gammas as the
-parameters and set layerscale_value = 1.0 (exact in both ports); and timm's LayerNorm eps
-is 1e-6.
+parameters and set layerscale_value = 1.0 (exact in all ports); timm's LayerNorm eps is 1e-6.
 """
+import json
 import math
 import os
 import sys
 
 import numpy as np
 
-HEAD_WIDTH = 64  # ViT-B/L/H and the pathology ViTs built on them use 64-wide heads
+HEAD_WIDTH = 64  # ViT-B/L/g and the pathology ViTs built on them use 64-wide heads
+# Widths whose standard ViT does not use 64-wide heads: ViT-H/14 has 16 heads of 80.
+HEADS_BY_WIDTH = {1280: 16}
+_BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
+               "attn.proj.weight", "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias",
+               "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma")
+_TOP_KEYS = ("cls_token", "reg_token", "pos_embed", "patch_embed.proj.weight",
+             "patch_embed.proj.bias", "norm.weight", "norm.bias")
 
 
 def looks_like_timm(keys) -> bool:
   keys = set(keys)
   return "patch_embed.proj.weight" in keys and any(k.startswith("blocks.0.") for k in keys)
+
+
+def default_heads(hidden: int) -> int:
+  return HEADS_BY_WIDTH.get(int(hidden), int(hidden) // HEAD_WIDTH)
 
 
 def _need(state, key, what):
@@ -49,23 +73,51 @@ def _swiglu_ratio(hidden: int, width: int) -> float:
   return ratio
 
 
+def _refuse_unknown(state, depth, what):
+  """One line naming the first tensor the Dinov2(-with-registers) layout cannot express."""
+  known = set(_TOP_KEYS) | {f"blocks.{i}.{k}" for i in range(depth) for k in _BLOCK_KEYS}
+  for key in sorted(state):
+    if key in known or key.startswith("head."):
+      continue
+    why = {"fc_norm": "global average pooling, whose feature is not the class token",
+           "fc1_g": "an unpacked SwiGLU MLP (timm SwiGLU); only SwiGLUPacked converts",
+           "fc1_x": "an unpacked SwiGLU MLP (timm SwiGLU); only SwiGLUPacked converts",
+           "w12": "an unpacked SwiGLU MLP (timm SwiGLU); only SwiGLUPacked converts",
+           "q_norm": "query/key normalisation", "k_norm": "query/key normalisation",
+           "norm_pre": "a pre-norm before the blocks (CLIP-style)"}
+    reason = next((v for k, v in why.items() if k in key), "a part")
+    raise ValueError(f"timm checkpoint {what} has tensor {key!r} ({reason}), which "
+                     "Dinov2Model / Dinov2WithRegistersModel cannot express; only plain timm "
+                     "ViTs (LayerScale, GELU or packed SwiGLU MLP, optional register tokens) "
+                     "convert")
+
+
+def _prefix_layout(positions: int, registers: int, what: str) -> tuple:
+  """(tokens before the grid in pos_embed, grid side): 1 + registers (timm's default) or 0
+  (no_embed_class), or 1 without registers."""
+  for prefix in ((1 + registers, 0) if registers else (1, 0)):
+    side = math.isqrt(max(positions - prefix, 0))
+    if side > 0 and side * side == positions - prefix:
+      return prefix, side
+  covers = f"1 class + {registers} register + " if registers else "1 class + "
+  raise ValueError(f"timm checkpoint {what}: pos_embed has {positions} positions, neither a "
+                   f"square grid nor {covers}a square grid; cannot tell which tokens it covers")
+
+
 def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
-  """Dinov2Config kwargs read from a timm state dict's shapes."""
-  unsupported = [k for k in ("reg_token", "blocks.0.mlp.w12.weight", "blocks.0.mlp.fc1_g.weight")
-                 if k in state]
-  if unsupported:
-    raise ValueError(f"timm checkpoint {what} has {unsupported[0]!r} (register tokens or an "
-                     "unpacked SwiGLU MLP); only the plain ViT layout (UNI's) and the packed "
-                     "SwiGLU MLP (timm SwiGLUPacked) convert to Dinov2Model")
+  """transformers config kwargs (Dinov2Config or Dinov2WithRegistersConfig) from a timm
+  state dict's shapes (arrays, or anything with a .shape)."""
   proj = _need(state, "patch_embed.proj.weight", what)
+  _need(state, "cls_token", what)  # class-token features need one
   hidden, channels, patch, patch_w = proj.shape
+  if patch != patch_w:
+    raise ValueError(f"timm checkpoint {what}: patch_embed.proj.weight has {patch}x{patch_w} "
+                     "patches; only square patches convert")
   depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+  _refuse_unknown(state, depth, what)
+  registers = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
   positions = _need(state, "pos_embed", what).shape[1]
-  side = math.isqrt(positions - 1)
-  if side * side != positions - 1 or patch != patch_w:
-    raise ValueError(f"timm checkpoint {what}: pos_embed has {positions} positions and patches are "
-                     f"{patch}x{patch_w}; expected 1 class position + a square grid of square "
-                     "patches (no_embed_class checkpoints are not supported)")
+  _, side = _prefix_layout(positions, registers, what)
   mlp = _need(state, "blocks.0.mlp.fc1.weight", what).shape[0]
   inner = _need(state, "blocks.0.mlp.fc2.weight", what).shape[1]
   # timm's SwiGLUPacked (GluMlp, SiLU, gate first): fc1 makes 2 x the width fc2 reads, and
@@ -75,32 +127,43 @@ def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
     try:
       ratio = _swiglu_ratio(int(hidden), int(inner))
     except ValueError as e:
-      raise ValueError(f"timm checkpoint {what}: {e}") from None
+      raise ValueError(f"timm checkpoint {what}: blocks.0.mlp.fc2.weight: {e}") from None
   elif mlp % hidden:
-    raise ValueError(f"timm checkpoint {what}: MLP width {mlp} is not a multiple of the hidden "
-                     f"size {hidden}; Dinov2Model needs an integer mlp_ratio")
+    raise ValueError(f"timm checkpoint {what}: blocks.0.mlp.fc1.weight has MLP width {mlp}, not a "
+                     f"multiple of the hidden size {hidden}; Dinov2Model needs an integer mlp_ratio")
   else:
     ratio = mlp // hidden
-  heads = num_heads or hidden // HEAD_WIDTH
+  heads = num_heads or default_heads(hidden)
   if heads < 1 or hidden % heads:
     raise ValueError(f"--num_heads={heads} does not divide the checkpoint's hidden size {hidden}; "
                      f"pass --num_heads (a divisor of {hidden})")
-  return dict(model_type="dinov2", hidden_size=int(hidden), num_hidden_layers=depth,
-              num_attention_heads=int(heads), mlp_ratio=ratio, image_size=side * patch,
+  arch = dict(model_type="dinov2", hidden_size=int(hidden), num_hidden_layers=depth,
+              num_attention_heads=int(heads), mlp_ratio=ratio, image_size=side * int(patch),
               patch_size=int(patch), num_channels=int(channels), layer_norm_eps=1e-6,
               layerscale_value=1.0, hidden_act="gelu", qkv_bias="blocks.0.attn.qkv.bias" in state,
               use_swiglu_ffn=swiglu, drop_path_rate=0.0, hidden_dropout_prob=0.0,
               attention_probs_dropout_prob=0.0, architectures=["Dinov2Model"])
+  if registers:
+    arch.update(model_type="dinov2_with_registers", num_register_tokens=registers,
+                architectures=["Dinov2WithRegistersModel"])
+  return arch
 
 
 def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
-  """(Dinov2Config kwargs, {Dinov2Model PyTorch key: float32 numpy array})."""
+  """(config kwargs, {Dinov2Model / Dinov2WithRegistersModel PyTorch key: float32 array})."""
   arch = architecture(state, num_heads, what)
   d, out = arch["hidden_size"], {}
+  registers = arch.get("num_register_tokens", 0)
   f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
-  out["embeddings.cls_token"] = f32(_need(state, "cls_token", what))
+  pos = f32(state["pos_embed"])
+  prefix, _ = _prefix_layout(pos.shape[1], registers, what)
+  cls_pos = pos[:, :1] if prefix else np.zeros((1, 1, d), np.float32)
+  out["embeddings.cls_token"] = f32(state["cls_token"])
   out["embeddings.mask_token"] = np.zeros((1, d), np.float32)  # unused at inference
-  out["embeddings.position_embeddings"] = f32(state["pos_embed"])
+  out["embeddings.position_embeddings"] = f32(np.concatenate([cls_pos, pos[:, prefix:]], 1))
+  if registers:  # their positions (if the table has them) are constants: fold them in
+    reg_pos = pos[:, 1:1 + registers] if prefix else 0.0
+    out["embeddings.register_tokens"] = f32(state["reg_token"] + reg_pos)
   out["embeddings.patch_embeddings.projection.weight"] = f32(state["patch_embed.proj.weight"])
   out["embeddings.patch_embeddings.projection.bias"] = f32(
       state.get("patch_embed.proj.bias", np.zeros(d)))
@@ -121,9 +184,6 @@ def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
       out[h + f"layer_scale{k}.lambda1"] = f32(state.get(t + f"ls{k}.gamma", np.ones(d)))
   out["layernorm.weight"] = f32(_need(state, "norm.weight", what))
   out["layernorm.bias"] = f32(_need(state, "norm.bias", what))
-  if "fc_norm.weight" in state:
-    raise ValueError(f"timm checkpoint {what} has fc_norm (global average pooling); the class-token "
-                     "feature of Dinov2Model would not match it")
   return arch, out
 
 
@@ -150,6 +210,17 @@ def read_state_dict(path: str) -> dict:
   return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
+def timm_config_heads(path: str) -> int:
+  """model_args.num_heads of the timm config.json beside `path` (a file or its directory); 0
+  when there is none."""
+  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  try:
+    with open(os.path.join(directory, "config.json")) as f:
+      return int(json.load(f).get("model_args", {}).get("num_heads", 0) or 0)
+  except (OSError, ValueError, AttributeError):
+    return 0
+
+
 def write_hf_dir(output: str, config: dict, tensors: dict):
   """config.json + model.safetensors, each written atomically."""
   from safetensors.numpy import save_file
@@ -166,6 +237,7 @@ def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> di
   if not output:
     raise ValueError("--output is empty; pass the directory to write config.json and "
                      "model.safetensors into")
+  num_heads = num_heads or timm_config_heads(input_path)
   arch, tensors = timm_to_dinov2(read_state_dict(input_path), num_heads, repr(input_path))
   write_hf_dir(output, arch, tensors)
   return arch
@@ -177,14 +249,15 @@ def main(argv=None):
   p.add_argument("--from", dest="source", default="timm")
   p.add_argument("--input", required=True)
   p.add_argument("--output", required=True)
-  p.add_argument("--num_heads", type=int, default=0, help="default: hidden size / 64")
+  p.add_argument("--num_heads", type=int, default=0,
+                 help="default: hidden size / 64 (16 for hidden 1280, ViT-H)")
   a = p.parse_args(argv)
   try:
     arch = convert(a.source, a.input, a.output, a.num_heads)
   except (ValueError, OSError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
-  print(f"wrote {a.output}: Dinov2Model hidden {arch['hidden_size']}, {arch['num_hidden_layers']} "
+  print(f"wrote {a.output}: {arch['architectures'][0]} hidden {arch['hidden_size']}, {arch['num_hidden_layers']} "
         f"layers, {arch['num_attention_heads']} heads, patch {arch['patch_size']}, image "
         f"{arch['image_size']}")
 

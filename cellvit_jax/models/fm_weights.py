@@ -1,4 +1,6 @@
-"""Foundation-model weights from a local directory: what it holds, and its tensors as Flax params.
+"""Foundation-model weights from a local directory or a hub id: what they hold, and their
+tensors as Flax params.  A hub id (owner/name[@revision]) is fetched into the Hugging Face
+cache by models/fm_hub.py and then read as the directory it lands in.
 
 A weights directory is what the model's publisher ships: config.json plus model.safetensors
 (PyTorch key names; read with numpy, no torch) or flax_model.msgpack (a Flax params tree).
@@ -15,21 +17,23 @@ import struct
 
 import numpy as np
 
-from cellvit_jax.models import convert
+from cellvit_jax.models import convert, fm_hub
 
 # config.json model_type -> the family whose Flax port runs it.
-MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip"}
+MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
+               "dinov2_with_registers": "dinov2_registers"}
 # Prefixes a model-with-head checkpoint puts before the backbone's keys.
-STRIP_PREFIXES = ("vit.", "dinov2.", "model.")
+STRIP_PREFIXES = ("vit.", "dinov2.", "dinov2_with_registers.", "model.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
   directory: str
-  family: str        # 'vit' | 'dinov2' | 'clip'
+  family: str        # 'vit' | 'dinov2' | 'dinov2_registers' | 'clip'
   fmt: str           # 'safetensors' | 'msgpack'
   path: str          # the weights file
-  hf_config: object  # the backbone's transformers config (ViTConfig, Dinov2Config, CLIPVisionConfig)
+  hf_config: object  # the backbone's transformers config (ViTConfig, Dinov2Config,
+  #                    Dinov2WithRegistersConfig, CLIPVisionConfig)
   timm: bool = False
 
   @property
@@ -40,10 +44,15 @@ class Checkpoint:
   def patch_size(self) -> int:
     return int(self.hf_config.patch_size)
 
+  @property
+  def num_registers(self) -> int:
+    return int(getattr(self.hf_config, "num_register_tokens", 0) or 0)
+
   def describe(self) -> str:
     c = self.hf_config
+    regs = f", {self.num_registers} registers" if self.num_registers else ""
     return (f"{self.family} hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
-            f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}")
+            f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}{regs}")
 
 
 def safetensors_header(path: str) -> dict:
@@ -82,7 +91,8 @@ def read_safetensors(path: str) -> dict:
   return out
 
 
-def _hf_config(family: str, raw: dict):
+def hf_config(family: str, raw: dict):
+  """The backbone's transformers config object of `family` from config.json-style kwargs."""
   import transformers
   raw = {k: v for k, v in raw.items() if k not in ("transformers_version",)}
   if family == "vit":
@@ -92,6 +102,8 @@ def _hf_config(family: str, raw: dict):
     # the stored lambda1 already is the trained gamma (PyTorch uses it as is), so 1.0 makes the
     # Flax port exact.  The mask token is unused without masking: not required.
     return transformers.Dinov2Config(**{**raw, "layerscale_value": 1.0, "use_mask_token": False})
+  if family == "dinov2_registers":  # run by our own Flax module (models/dinov2_registers.py)
+    return transformers.Dinov2WithRegistersConfig(**raw)
   if raw.get("model_type") == "clip":
     return transformers.CLIPConfig(**raw).vision_config
   return transformers.CLIPVisionConfig(**raw)
@@ -149,9 +161,10 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
         f"config.fm.weights={directory!r} holds a {family!r} checkpoint "
         f"({'timm' if timm else 'config.json model_type ' + repr(raw['model_type'])}) but "
         f"config.fm.preset={preset_name!r} expects {expected_family!r}; point it at the "
-        f"{preset_name} weights" + (f" or use --config.fm.preset={matching[0]}" if matching else ""))
+        f"{preset_name} weights" + (f" or use --config.fm.preset={' | '.join(matching)}"
+                                    if matching else ""))
   return Checkpoint(directory=directory, family=family, fmt=fmt, path=path,
-                    hf_config=_hf_config(family, raw), timm=timm)
+                    hf_config=hf_config(family, raw), timm=timm)
 
 
 def _presets():
@@ -160,15 +173,18 @@ def _presets():
 
 
 def inspect(directory: str, preset, num_heads: int = 0) -> Checkpoint:
-  """What `directory` holds, checked against `preset`'s family (reads headers only)."""
+  """What `directory` (a local directory or a hub id) holds, checked against `preset`'s family
+  (reads headers only)."""
   if not directory:
-    raise ValueError(f"config.fm.weights is empty; download {preset.hub_id} and pass "
-                     f"--config.fm.weights=DIR, or write a tiny random one: python -m "
+    raise ValueError(f"config.fm.weights is empty; pass --config.fm.weights={preset.hub_id} (the "
+                     f"hub id) or a local directory, or write a tiny random one: python -m "
                      f"cellvit_jax.models.foundation --tiny={preset.name} --output=DIR")
+  if fm_hub.is_hub_id(directory):  # owner/name[@revision]: fetched into the HF cache
+    directory = fm_hub.resolve(directory, preset.name)
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.fm.weights={directory!r} is not a directory; download "
-                            f"{preset.hub_id} there or pass its path")
+    raise FileNotFoundError(f"config.fm.weights={directory!r} is not a directory; pass the hub id "
+                            f"(--config.fm.weights={preset.hub_id}) or a local directory")
   files = [os.path.join(directory, n) for n in ("config.json", "model.safetensors",
                                                 "flax_model.msgpack")]
   stamp = tuple((os.path.getsize(f), os.path.getmtime(f)) if os.path.exists(f) else None

@@ -1,7 +1,8 @@
 """Foundation models as one Flax Linen module: resize -> normalise -> backbone -> feature -> head.
 
 The backbone is the `.module` Linen class of a transformers Flax port (FlaxViTModule,
-FlaxDinov2Module, FlaxCLIPVisionModule), a child of our module, so backbone and head are
+FlaxDinov2Module, FlaxCLIPVisionModule) or, for register-token ViTs, our own
+models/dinov2_registers.py (transformers has no Flax port of it), a child of our module, so backbone and head are
 one params pytree that jit, optax and orbax treat like any other model's.  The model takes
 float [0, 1] NHWC patches at their native size (40x40): the resize to the FM's input size
 and the preset's normalisation happen here, inside the jitted step, and nowhere else
@@ -13,8 +14,8 @@ convention is handled, and we skip it.
     python -m cellvit_jax.models.foundation --tiny=phikon --output=DIR
 
 writes a small random checkpoint of a preset's family in its published format (config.json
-+ model.safetensors; a timm state dict for uni), for tests and for trying the pipeline
-without downloading weights.
++ model.safetensors; a timm state dict of the preset's layout for uni, uni2, virchow2,
+hoptimus0 and gigapath), for tests and for trying the pipeline without downloading weights.
 """
 import os
 import re
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax.models import fm_presets, fm_weights
+from cellvit_jax.models import dinov2_registers, fm_presets, fm_weights
 
 
 def backbone_class(family: str):
@@ -41,7 +42,10 @@ def backbone_class(family: str):
   if family == "clip":
     from transformers.models.clip.modeling_flax_clip import FlaxCLIPVisionModule
     return lambda config, dtype, name: FlaxCLIPVisionModule(config, dtype=dtype, name=name)
-  raise ValueError(f"unknown FM family {family!r}; valid: vit, dinov2, clip")
+  if family == "dinov2_registers":
+    return lambda config, dtype, name: dinov2_registers.Dinov2WithRegisters(config, dtype=dtype,
+                                                                            name=name)
+  raise ValueError(f"unknown FM family {family!r}; valid: vit, dinov2, dinov2_registers, clip")
 
 
 def resize(images, size: int, method: str):
@@ -75,8 +79,9 @@ class FoundationModel(nn.Module):
       # post_layernorm, and patch tokens get the same norm for the 'cls_mean' feature.
       cls = out.pooler_output
       patches = backbone.vision_model.post_layernorm(tokens[:, 1:])
-    else:  # ViT and Dinov2 apply the final norm to every token
-      cls, patches = tokens[:, 0], tokens[:, 1:]
+    else:  # ViT and Dinov2 apply the final norm to every token; registers follow the class
+      registers = int(getattr(self.hf_config, "num_register_tokens", 0) or 0)
+      cls, patches = tokens[:, 0], tokens[:, 1 + registers:]
     feats = cls if self.feature == "cls" else jnp.concatenate([cls, patches.mean(axis=1)], -1)
     feats = feats.astype(jnp.float32)
     if self.num_classes == 0:
@@ -93,13 +98,14 @@ def checkpoint_of(config) -> fm_weights.Checkpoint:
 
 def input_size_of(config, ckpt) -> int:
   """config.fm.input_size (0: the checkpoint's own image size), checked against the patch."""
-  size = int(config.fm.input_size) or ckpt.image_size
+  preset = fm_presets.get(config.fm.preset)
+  size = int(config.fm.input_size) or preset.input_size or ckpt.image_size
   if size % ckpt.patch_size:
     lower = max(ckpt.patch_size, size // ckpt.patch_size * ckpt.patch_size)
     raise ValueError(f"config.fm.input_size={size} is not a multiple of the checkpoint's patch "
                      f"size {ckpt.patch_size} ({ckpt.directory}); use {lower} or "
                      f"{lower + ckpt.patch_size}")
-  if size != ckpt.image_size and ckpt.family != "dinov2":
+  if size != ckpt.image_size and ckpt.family not in ("dinov2", "dinov2_registers"):
     raise ValueError(f"config.fm.input_size={size} differs from the checkpoint's image size "
                      f"{ckpt.image_size} ({ckpt.directory}), and the {ckpt.family} port cannot "
                      f"interpolate its position embeddings; use {ckpt.image_size} (or 0)")
@@ -160,7 +166,7 @@ def layer_decay_scales(params, num_layers: int, decay: float):
 
 
 _NO_DECAY = ("cls_token", "position_embeddings", "class_embedding", "position_embedding",
-             "mask_token")
+             "mask_token", "register_tokens")
 
 
 def weight_decay_mask(params):
@@ -198,48 +204,71 @@ def _perturbed(params, seed):
                                    .astype(np.float32) for p in leaves])
 
 
+def tiny_timm_state(layout: dict, *, hidden, depth, heads, image_size, patch_size, seed) -> tuple:
+  """(timm hub config.json, state dict) of a random timm ViT in `layout` (a preset's `tiny`):
+  register count, which tokens the position table covers, SwiGLUPacked or GELU MLP."""
+  rng = np.random.default_rng(seed)
+  n = lambda *s: (0.05 * rng.standard_normal(s)).astype(np.float32)
+  one = lambda *s: (1 + n(*s)).astype(np.float32)
+  registers, grid = int(layout.get("registers", 0)), (image_size // patch_size) ** 2
+  prefix = {"none": 0, "class": 1, "class+registers": 1 + registers}[layout["pos_prefix"]]
+  # SwiGLUPacked: fc1 makes 2 x the width fc2 reads (width 2 x hidden here, Dinov2 ratio 3).
+  fc1, fc2_in = (4 * hidden, 2 * hidden) if layout["swiglu"] else (4 * hidden, 4 * hidden)
+  state = {"cls_token": n(1, 1, hidden), "pos_embed": n(1, prefix + grid, hidden),
+           "patch_embed.proj.weight": n(hidden, 3, patch_size, patch_size),
+           "patch_embed.proj.bias": n(hidden), "norm.weight": one(hidden), "norm.bias": n(hidden)}
+  if registers:
+    state["reg_token"] = n(1, registers, hidden)
+  for i in range(depth):
+    b = f"blocks.{i}."
+    state.update({b + "norm1.weight": one(hidden), b + "norm1.bias": n(hidden),
+                  b + "attn.qkv.weight": n(3 * hidden, hidden), b + "attn.qkv.bias": n(3 * hidden),
+                  b + "attn.proj.weight": n(hidden, hidden), b + "attn.proj.bias": n(hidden),
+                  b + "ls1.gamma": one(hidden), b + "norm2.weight": one(hidden),
+                  b + "norm2.bias": n(hidden), b + "mlp.fc1.weight": n(fc1, hidden),
+                  b + "mlp.fc1.bias": n(fc1), b + "mlp.fc2.weight": n(hidden, fc2_in),
+                  b + "mlp.fc2.bias": n(hidden), b + "ls2.gamma": one(hidden)})
+  args = {"img_size": image_size, "patch_size": patch_size, "embed_dim": hidden, "depth": depth,
+          "num_heads": heads, "init_values": 1e-5, "mlp_ratio": fc1 / hidden,
+          "dynamic_img_size": True}
+  if registers:
+    args["reg_tokens"] = registers
+  if layout["pos_prefix"] == "none":
+    args["no_embed_class"] = True
+  return {"architecture": layout["architecture"], "num_classes": 0, "model_args": args}, state
+
+
 def write_tiny(preset_name: str, output: str, *, hidden=32, depth=2, heads=2, image_size=32,
                patch_size=16, seed=0) -> str:
-  """A small random checkpoint of `preset_name`'s family, as its publisher ships it."""
+  """A small random checkpoint of `preset_name`'s layout, as its publisher ships it."""
   import transformers
   preset = fm_presets.get(preset_name)
   if image_size % patch_size:
     raise ValueError(f"--image_size={image_size} is not a multiple of --patch_size={patch_size}")
   os.makedirs(output, exist_ok=True)
   from cellvit_jax.models import convert
-  if preset.family == "dinov2":  # UNI ships a timm state dict: write one
-    rng = np.random.default_rng(seed)
-    n = lambda *s: (0.05 * rng.standard_normal(s)).astype(np.float32)
-    one = lambda *s: (1 + n(*s)).astype(np.float32)
-    state = {"cls_token": n(1, 1, hidden), "pos_embed": n(1, (image_size // patch_size) ** 2 + 1, hidden),
-             "patch_embed.proj.weight": n(hidden, 3, patch_size, patch_size),
-             "patch_embed.proj.bias": n(hidden), "norm.weight": one(hidden), "norm.bias": n(hidden)}
-    for i in range(depth):
-      b = f"blocks.{i}."
-      state.update({b + "norm1.weight": one(hidden), b + "norm1.bias": n(hidden),
-                    b + "attn.qkv.weight": n(3 * hidden, hidden), b + "attn.qkv.bias": n(3 * hidden),
-                    b + "attn.proj.weight": n(hidden, hidden), b + "attn.proj.bias": n(hidden),
-                    b + "ls1.gamma": one(hidden), b + "norm2.weight": one(hidden),
-                    b + "norm2.bias": n(hidden), b + "mlp.fc1.weight": n(4 * hidden, hidden),
-                    b + "mlp.fc1.bias": n(4 * hidden), b + "mlp.fc2.weight": n(hidden, 4 * hidden),
-                    b + "mlp.fc2.bias": n(hidden), b + "ls2.gamma": one(hidden)})
-    timm_config = {"architecture": "vit_large_patch16_224", "num_classes": 0,
-                   "model_args": {"img_size": image_size, "patch_size": patch_size,
-                                  "embed_dim": hidden, "depth": depth, "num_heads": heads,
-                                  "init_values": 1e-5, "dynamic_img_size": True}}
-    convert.write_hf_dir(output, timm_config, state)
+  if preset.tiny.get("format") == "timm":  # UNI & co. ship a timm state dict: write one
+    config, state = tiny_timm_state(preset.tiny, hidden=hidden, depth=depth, heads=heads,
+                                    image_size=image_size, patch_size=patch_size, seed=seed)
+    convert.write_hf_dir(output, config, state)
     return output
   common = dict(hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads,
                 intermediate_size=4 * hidden, image_size=image_size, patch_size=patch_size)
   if preset.family == "vit":
     vision = transformers.ViTConfig(**common, architectures=["ViTModel"])
     saved = vision.to_dict()
+  elif preset.family == "dinov2":  # phikon-v2: a transformers Dinov2Model
+    vision = transformers.Dinov2Config(**{k: v for k, v in common.items() if k != "intermediate_size"},
+                                       mlp_ratio=4, layerscale_value=1.0, use_mask_token=False,
+                                       architectures=["Dinov2Model"])
+    saved = {**vision.to_dict(), "layerscale_value": 1e-5}  # as phikon-v2's config.json
   else:
     text = dict(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
                 intermediate_size=2 * hidden, vocab_size=64, max_position_embeddings=16)
     full = transformers.CLIPConfig(vision_config=common, text_config=text, projection_dim=hidden,
                                    architectures=["CLIPModel"])
     vision, saved = full.vision_config, full.to_dict()
+  saved.pop("use_mask_token", None)
   module = backbone_class(preset.family)(vision, jnp.float32, None)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = _perturbed(module.init(jax.random.key(seed), dummy)["params"], seed)

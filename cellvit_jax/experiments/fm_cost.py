@@ -1,0 +1,127 @@
+"""Inference cost of the FM presets at their published size, from the architecture alone.
+
+    python -m cellvit_jax.experiments.fm_cost                          # all eight presets
+    python -m cellvit_jax.experiments.fm_cost --presets=phikon,uni --measure_below=0
+    python -m cellvit_jax.experiments.fm_cost --update=README.md       # rewrites its table
+
+No weights are needed: each preset's `arch` (the published config, models/fm_presets.py)
+builds the real-size FoundationModel, its parameters are counted with jax.eval_shape
+(abstract shapes, nothing allocated) and its GFLOPs per image come from XLA's cost
+analysis of the compiled uint8 40x40 -> resize -> normalise -> backbone -> 4-class head
+function, lowered on those abstract shapes.  Images/s needs real arrays and a run: it is
+measured (random weights, batch 1, this device) only for models under --measure_below
+parameters; the others say "not measured" rather than guess.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cellvit_jax.experiments import cost
+from cellvit_jax.models import fm_presets, fm_weights, foundation
+
+FAMILY = {"vit": "vit", "dinov2": "dinov2", "dinov2_with_registers": "dinov2_registers",
+          "clip_vision_model": "clip"}
+BLOCK = ("<!-- fm cost table: start -->", "<!-- fm cost table: end -->")
+
+
+def preset_model(name: str, num_classes: int = 4) -> foundation.FoundationModel:
+  """The preset's FoundationModel at its published size (no weights read)."""
+  preset = fm_presets.get(name)
+  arch = dict(preset.arch)
+  family = FAMILY[arch["model_type"]]
+  config = fm_weights.hf_config(family, arch)
+  return foundation.FoundationModel(
+      family=family, hf_config=config, num_classes=num_classes,
+      input_size=preset.input_size or int(config.image_size), mean=tuple(preset.mean),
+      std=tuple(preset.std), feature=preset.feature, resize_method=preset.resize)
+
+
+def _forward(model):
+  def forward(variables, images):
+    return model.apply(variables, images.astype(jnp.float32) / 255.0).astype(jnp.float32)
+  return forward
+
+
+def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1.0) -> dict:
+  model = preset_model(name)
+  images = jax.ShapeDtypeStruct((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3), jnp.uint8)
+  init = lambda: model.init(jax.random.key(0), jnp.zeros((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3)))
+  abstract = jax.eval_shape(init)
+  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract["params"])))
+  compiled = jax.jit(_forward(model)).lower(abstract, images).compile()
+  row = {"model": name, "hub_id": fm_presets.get(name).hub_id,
+         "published": fm_presets.get(name).published.split(" (")[0],
+         "params": params, "input_size": model.input_size,
+         "gflops_per_image": cost.xla_flops(compiled) / 1e9, "images_per_sec": {},
+         "device": jax.devices()[0].device_kind}
+  if params < measure_below:
+    variables = jax.jit(init)()
+    measured = cost.measure_forward(_forward(model), variables, batch_sizes=(1,),
+                                    min_seconds=min_seconds)
+    row["images_per_sec"] = measured["images_per_sec"]
+  return row
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
+def markdown_table(rows) -> str:
+  head = ["preset", "hub id", "architecture", "parameters", "input", "GFLOPs/image",
+          "images/s @1"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    speed = r["images_per_sec"].get("1")
+    lines.append("| " + " | ".join([
+        f"`{r['model']}`", r.get("hub_id", ""), r["published"], f"{r['params'] / 1e6:.1f} M",
+        f"{r['input_size']}x{r['input_size']}", f"{r['gflops_per_image']:.1f}",
+        f"{speed:.2f}" if speed else "not measured"]) + " |")
+  device = rows[0]["device"] if rows else "?"
+  cpu = f", {cpu_model()}, {os.cpu_count()} cores" if device == "cpu" and cpu_model() else ""
+  return "\n".join(lines) + f"\n\nDevice: {device}{cpu}.\n"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--presets", default="all", help="comma list, or 'all'")
+  p.add_argument("--measure_below", type=float, default=4e8,
+                 help="time images/s only for models with fewer parameters (0: none)")
+  p.add_argument("--min_seconds", type=float, default=1.0)
+  p.add_argument("--output", default="", help="write the rows as JSON here")
+  p.add_argument("--update", default="", help="rewrite the fm cost-table block of this file")
+  a = p.parse_args(argv)
+  names = list(fm_presets.PRESETS) if a.presets == "all" else a.presets.split(",")
+  try:
+    for n in names:
+      fm_presets.get(n)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  rows = []
+  for n in names:
+    rows.append(preset_cost(n, measure_below=a.measure_below, min_seconds=a.min_seconds))
+    print(json.dumps(rows[-1]), flush=True)
+  table = markdown_table(rows)
+  print("\n" + table)
+  if a.output:
+    with open(a.output, "w") as f:
+      json.dump(rows, f, indent=1)
+  if a.update:
+    command = "python -m cellvit_jax.experiments.fm_cost " + " ".join(
+        x for x in (argv if argv is not None else sys.argv[1:]) if not x.startswith("--update"))
+    cost.replace_block(a.update, f"{table}Made by `{command.strip()}` on "
+                       f"{time.strftime('%Y-%m-%d')}.\n", markers=BLOCK)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,61 @@
+"""The five newer presets (uni2, virchow2, hoptimus0, gigapath, phikon2) end to end on tiny
+random checkpoints of their published layouts: mode=probe through the command line, and
+mode=finetune through main.run starting from the checkpoint's weights."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cellvit_jax import main, restore
+from cellvit_jax.models import fm_presets, foundation
+from test_foundation_modes import _main, fm_config, fm_overrides
+from conftest import as_flags
+
+NEW = ("uni2", "virchow2", "hoptimus0", "gigapath", "phikon2")
+# The default suite runs one register-token layout (virchow2: registers with positions,
+# SwiGLU, cls_mean) and one transformers layout (phikon2) both ways; the rest are `slow`
+# (each differs from those only in the converter's layout, covered by the parity tests).
+_FAST_PROBE, _FAST_FINETUNE = ("virchow2", "phikon2"), ("virchow2",)
+PROBE = [p if p in _FAST_PROBE else pytest.param(p, marks=pytest.mark.slow) for p in NEW]
+FINETUNE = [p if p in _FAST_FINETUNE else pytest.param(p, marks=pytest.mark.slow) for p in NEW]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  base = tmp_path_factory.mktemp("fm_new")
+  return {p: foundation.write_tiny(p, str(base / p)) for p in NEW}
+
+
+@pytest.mark.parametrize("preset", PROBE)
+def test_probe_through_the_command_line(preset, weights, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = _main(["cellvit_jax.main", f"--config=configs/fm.py:{preset},probe", f"--workdir={workdir}",
+               *as_flags(fm_overrides(tiny_data_dir, weights[preset], str(tmp_path / "cache")))])
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["finished"] and results["mode"] == "probe" and results["model"] == preset
+  # Virchow2's card feature is class token + mean patch token: twice the width.
+  width = 64 if fm_presets.get(preset).feature == "cls_mean" else 32
+  assert results["feature_dim"] == width
+  assert 0.0 <= results["test"]["accuracy"] <= 1.0
+  run = restore.load_run(workdir)
+  assert run.input_size == (224 if preset == "phikon2" else 32)  # phikon2 runs the published 224
+
+
+@pytest.mark.parametrize("preset", FINETUNE)
+def test_finetune_starts_from_the_checkpoint(preset, weights, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = fm_config(f"{preset},finetune", tiny_data_dir, weights[preset], "",
+                     **{"train.batch_size": 32, "train.eval_batch_size": 64, "train.epochs": 0.5})
+  main.run(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["finished"] and results["step"] == 2 and results["config"]["mode"] == "finetune"
+  run = restore.load_run(workdir)
+  published = foundation.pretrained_backbone(config, run.model)
+  diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                      run.state.params["backbone"], published)
+  assert 0 < max(jax.tree.leaves(diff)) < 0.02  # moved from the published weights, a little
