@@ -93,14 +93,16 @@ def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
 
 
 def test_sequence_pooling_weights_tokens_by_a_softmax():
-  model = models.build("customvit", 2, pool="seq", dim=16, depth=1, num_heads=2, drop_path=0.0)
+  model = models.build("customvit", 2, pool="seq", tokenizer="patch", dim=16, depth=1,
+                       num_heads=2, drop_path=0.0)
   x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
   variables = model.init({"params": jax.random.key(0)}, x)
   params = jax.tree.map(lambda a: a, variables["params"])
   params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
   # A zero scorer gives equal weights: sequence pooling is then exactly mean pooling.
   params["seq_pool"] = jax.tree.map(jnp.zeros_like, params["seq_pool"])
-  gap = models.build("customvit", 2, pool="gap", dim=16, depth=1, num_heads=2, drop_path=0.0)
+  gap = models.build("customvit", 2, pool="gap", tokenizer="patch", dim=16, depth=1,
+                     num_heads=2, drop_path=0.0)
   gap_params = {k: v for k, v in params.items() if k != "seq_pool"}
   assert jnp.allclose(model.apply({"params": params}, x), gap.apply({"params": gap_params}, x),
                       atol=1e-5)
