@@ -33,6 +33,7 @@ parameters and set layerscale_value = 1.0 (exact in all ports); timm's LayerNorm
 import json
 import math
 import os
+import struct
 import sys
 
 import numpy as np
@@ -187,6 +188,42 @@ def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
   return arch, out
 
 
+def safetensors_header(path: str) -> dict:
+  """The JSON header of a .safetensors file, after checking the file holds all its data."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      raise ValueError(f"weights file {path!r} is truncated ({size} bytes, no safetensors header); "
+                       "download it again")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+      raise ValueError(f"weights file {path!r} is truncated or not a safetensors file (header of "
+                       f"{n} bytes in a {size}-byte file); download it again")
+    try:
+      header = json.loads(f.read(n))
+    except ValueError:
+      raise ValueError(f"weights file {path!r} has a corrupt safetensors header; download it "
+                       "again") from None
+  header.pop("__metadata__", None)
+  end = max((v["data_offsets"][1] for v in header.values()), default=0)
+  if 8 + n + end > size:
+    raise ValueError(f"weights file {path!r} is truncated: its header announces {8 + n + end} "
+                     f"bytes but the file has {size}; download it again")
+  return header
+
+
+def read_safetensors(path: str) -> dict:
+  """name -> float32 numpy array (bf16/f16 upcast), without torch."""
+  safetensors_header(path)
+  from safetensors import safe_open
+  out = {}
+  with safe_open(path, framework="flax") as f:  # handles bf16, which numpy lacks
+    for k in f.keys():
+      out[k] = np.asarray(f.get_tensor(k), np.float32)
+  return out
+
+
 def read_state_dict(path: str) -> dict:
   """A timm checkpoint file (.safetensors without torch; .bin/.pth/.pt with torch) -> numpy."""
   if os.path.isdir(path):
@@ -198,8 +235,7 @@ def read_state_dict(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--input {path!r} does not exist; pass the timm checkpoint file")
   if path.endswith(".safetensors"):
-    from cellvit_jax.models import fm_weights
-    return fm_weights.read_safetensors(path)
+    return read_safetensors(path)
   try:
     import torch
   except ImportError:

@@ -13,11 +13,13 @@ import functools
 import hashlib
 import json
 import os
-import struct
 
 import numpy as np
 
 from cellvit_jax.models import convert, fm_hub
+# Reading a .safetensors file lives with the converter (it needs it too, and this module
+# builds on the converter); the names stay importable from here.
+from cellvit_jax.models.convert import read_safetensors, safetensors_header  # noqa: F401
 
 # config.json model_type -> the family whose Flax port runs it.
 MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
@@ -53,42 +55,6 @@ class Checkpoint:
     regs = f", {self.num_registers} registers" if self.num_registers else ""
     return (f"{self.family} hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
             f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}{regs}")
-
-
-def safetensors_header(path: str) -> dict:
-  """The JSON header of a .safetensors file, after checking the file holds all its data."""
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    head = f.read(8)
-    if len(head) < 8:
-      raise ValueError(f"weights file {path!r} is truncated ({size} bytes, no safetensors header); "
-                       "download it again")
-    (n,) = struct.unpack("<Q", head)
-    if n > size - 8:
-      raise ValueError(f"weights file {path!r} is truncated or not a safetensors file (header of "
-                       f"{n} bytes in a {size}-byte file); download it again")
-    try:
-      header = json.loads(f.read(n))
-    except ValueError:
-      raise ValueError(f"weights file {path!r} has a corrupt safetensors header; download it "
-                       "again") from None
-  header.pop("__metadata__", None)
-  end = max((v["data_offsets"][1] for v in header.values()), default=0)
-  if 8 + n + end > size:
-    raise ValueError(f"weights file {path!r} is truncated: its header announces {8 + n + end} "
-                     f"bytes but the file has {size}; download it again")
-  return header
-
-
-def read_safetensors(path: str) -> dict:
-  """name -> float32 numpy array (bf16/f16 upcast), without torch."""
-  safetensors_header(path)
-  from safetensors import safe_open
-  out = {}
-  with safe_open(path, framework="flax") as f:  # handles bf16, which numpy lacks
-    for k in f.keys():
-      out[k] = np.asarray(f.get_tensor(k), np.float32)
-  return out
 
 
 def hf_config(family: str, raw: dict):
