@@ -24,6 +24,7 @@ def get_config():
       # projection; val 0.905 vs 0.855 ('conv') at 15 epochs (docs/customvit.md).
       tokenizer="convstem",  # 'patch' | 'conv' | 'convstem' | 'cct'
       stem_width=0,          # first stem conv's channels; 0 -> dim // 4
+      stem_full_res=True,    # convstem: a stride-1 conv at 40x40 first (False: Xiao et al.)
       spt=False,             # shifted patch tokenization (Lee et al. 2021)
       lsa=False,             # locality self-attention (Lee et al. 2021)
       pos_emb="learned",     # 'learned' | 'sincos'

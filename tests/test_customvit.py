@@ -92,6 +92,19 @@ def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
   assert ("batch_stats" in variables) == (tokenizer == "convstem")
 
 
+@pytest.mark.parametrize("full_res,stem_convs", [(True, 3), (False, 2)])
+def test_convstem_full_resolution_stage_is_a_switch(full_res, stem_convs):
+  model = models.build("customvit", 3, tokenizer="convstem", dim=16, depth=1, num_heads=2,
+                       stem_full_res=full_res)
+  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  params = variables["params"]
+  assert sorted(k for k in params if k.startswith("stem")) == [f"stem{i}" for i in range(stem_convs)]
+  # Either way the stem ends on the 10x10 grid; without the stride-1 stage the first conv
+  # already halves the resolution.
+  assert params["pos_embedding"].shape == (1, 100, 16)
+  assert params["stem0"]["conv"]["kernel"].shape == (3, 3, 3, 8)  # max(dim // 4, 8)
+
+
 def test_sequence_pooling_weights_tokens_by_a_softmax():
   model = models.build("customvit", 2, pool="seq", tokenizer="patch", dim=16, depth=1,
                        num_heads=2, drop_path=0.0)

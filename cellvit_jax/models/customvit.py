@@ -12,6 +12,8 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
   'cct' (Hassani et al. 2021, Compact Convolutional Transformers: log2(p) stages of
   3x3 conv + ReLU + 3x3 max-pool of stride 2, no normalisation);
 - stem_width: channels of the first conv of 'convstem' / 'cct' (0 -> dim // 4);
+- stem_full_res: 'convstem' starts with a stride-1 conv at full resolution (ours) or, False,
+  with the stride-2 convs alone (Xiao et al.'s layout; cheaper on CPU);
 - spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
   half-patch shifts are stacked on channels before patchifying, widening each token's
   receptive field;
@@ -57,6 +59,7 @@ class CustomViT(nn.Module):
   spt: bool = False
   lsa: bool = False
   stem_width: int = 0
+  stem_full_res: bool = True
   pos_emb: str = "learned"
   pool: str = "cls"
   drop_path: float = 0.1
@@ -132,11 +135,11 @@ class CustomViT(nn.Module):
     if self.tokenizer == "convstem":
       # Xiao et al.: stride-2 3x3 convs with BN + ReLU, then a 1x1 conv to the width. Ours adds
       # one stride-1 conv first so the thin membrane signal is seen at full resolution.
-      for i in range(stages + 1):
-        x = layers.ConvBN(width, 3, stride=1 if i == 0 else 2, dtype=self.dtype,
-                          name=f"stem{i}")(x, train)
+      strides = ([1] if self.stem_full_res else []) + [2] * stages
+      for i, stride in enumerate(strides):
+        x = layers.ConvBN(width, 3, stride=stride, dtype=self.dtype, name=f"stem{i}")(x, train)
         x = nn.relu(x)
-        width = min(width * 2, self.dim) if i < stages else width
+        width = min(width * 2, self.dim) if i < len(strides) - 1 else width
       return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embed")(x)
     # CCT: conv (no bias) + ReLU + overlapping max-pool per stage; the last stage emits dim.
     for i in range(stages):
