@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cellvit_jax import config_file
+from cellvit_jax import config_file, results as results_lib
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
@@ -26,7 +26,7 @@ def _train(config, workdir):
   workdir = workdir or os.path.join("runs", config.model.name)
   results = train.train_and_evaluate(config, workdir)
   if results["finished"]:
-    print("\n" + train.summary_table(results))
+    print("\n" + results_lib.summary_table(results))
   else:
     print(f"\nStopped at step {results['step']} of {results['total_steps']}; rerun to continue "
           f"({results['workdir']}).")

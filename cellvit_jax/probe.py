@@ -17,7 +17,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import feature_cache, logistic, metrics, parallel, steps, workdir_lock
+from cellvit_jax import feature_cache, logistic, metrics, parallel, results as results_lib, steps
+from cellvit_jax import workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.models import fm_presets, fm_weights, foundation
@@ -128,7 +129,7 @@ def train_probe(config, workdir: str) -> dict:
   w, b = (np.asarray(a, np.float64) for a in head)
   mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
   kernel, bias = w / std[:, None], b - (mean / std) @ w
-  results = workdir_lib.results_record(
+  results = results_lib.results_record(
       config, dataset, counts, mesh, test, val, workdir, mode="probe", model=config.fm.preset,
       num_params=int(sum(np.prod(v.shape) for v in jax.tree.leaves(
           foundation.backbone_abstract(model)))) + int(kernel.size + bias.size),
@@ -169,10 +170,9 @@ def head_state(config, model, workdir: str, mesh):
 
 
 def run_mode(config, workdir: str):
-  from cellvit_jax import train
   fm_presets.get(config.fm.preset)
   results = train_probe(config, workdir)
-  print("\n" + train.summary_table(results))
+  print("\n" + results_lib.summary_table(results))
   print(f"probe: L2 {results['l2']:g} chosen on val; features "
         + ", ".join(f"{r} {'cached' if c['hit'] else 'computed'}" for r, c in results["cache"].items()))
   return results

@@ -29,9 +29,11 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from cellvit_jax import checkpoint, default_config, models, parallel, steps, train_length
+from cellvit_jax import checkpoint, default_config, models, optimizer, parallel, probe, steps
+from cellvit_jax import train_length
 from cellvit_jax.data import datasets, flaglimit
 from cellvit_jax.ops import normalize
+from cellvit_jax.ops import resize as resize_ops
 
 
 @dataclasses.dataclass
@@ -58,10 +60,7 @@ class Run:
 
   def resize(self, images):
     """Native patches -> the model's input size (the run's method); the identity when they agree."""
-    if self.input_size == images.shape[1] == images.shape[2]:
-      return images
-    shape = (images.shape[0], self.input_size, self.input_size, images.shape[3])
-    return jax.image.resize(images, shape, method=self.resize_method)
+    return resize_ops.square(images, self.input_size, self.resize_method)
 
   def forward(self, state, images01):
     return steps.eval_logits(self.model, self.config, state, images01)
@@ -136,7 +135,6 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   fm = dict(input_size=getattr(model, "input_size", 0),
             resize_method=getattr(model, "resize_method", "bilinear"))
   if is_probe:
-    from cellvit_jax import probe
     state = probe.head_state(config, model, workdir, mesh)
     return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
                step=0, total_steps=0, mesh=mesh, **fm)
@@ -144,7 +142,7 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   subset = flaglimit.select(dataset.labels(config.dataset.train_split), config.dataset.flaglimit,
                             config.seed)
   total, per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
-  tx, _ = steps.make_optimizer(config, total, per_epoch)
+  tx, _ = optimizer.make_optimizer(config.optim, model, total, per_epoch)
 
   ckpt = checkpoint.Checkpointer(workdir)
   try:

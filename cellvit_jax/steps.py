@@ -2,9 +2,10 @@
 
 `train_step(state, batch, rng) -> (state, metrics)` and `eval_step(state, batch) -> dict`
 are built by `make_steps` for one model and config and jit-compiled over the mesh: the
-batch is sharded on 'data', the state replicated, and XLA adds the all-reduces.
+batch is sharded on 'data', the state replicated, and XLA adds the all-reduces. What
+differs per model (who normalises the input) comes from the model's interface
+(models/interface.py); the optimiser is optimizer.py's.
 """
-import math
 from typing import Any
 
 import flax
@@ -14,7 +15,8 @@ import optax
 from flax.training import train_state
 
 from cellvit_jax import parallel
-from cellvit_jax.ops import augment, dihedral, normalize
+from cellvit_jax.ops import augment as augment_ops
+from cellvit_jax.ops import dihedral, normalize
 
 # fold_in constant of the blur augmentation's random stream: flips and rotations keep the
 # draws they had before blur existed, whether or not blur is on.
@@ -23,13 +25,6 @@ _BLUR_STREAM = 1
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = flax.struct.field(default_factory=dict)
-
-
-def compute_dtype(name: str):
-  valid = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if name not in valid:
-    raise ValueError(f"config.model.dtype={name!r} is not supported; choose one of {sorted(valid)}")
-  return valid[name]
 
 
 def blur_augment_config(config):
@@ -49,70 +44,34 @@ def check_augment(config):
   if b is None:
     return
   try:
-    augment.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
-                              float(b.sigma_max))
+    augment_ops.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
+                                  float(b.sigma_max))
   except ValueError as e:
     raise ValueError(f"config.augment.blur: {e}") from None
 
 
-# config.optim fields: (lowest, above it only?, highest (excluded), meaning, an example). A bad
-# value (nan, inf, a negative rate) would otherwise surface steps later as a non-finite loss.
-_OPTIM_RANGES = {
-    "lr": (0.0, True, math.inf, "the peak learning rate", "1e-3"),
-    "weight_decay": (0.0, False, math.inf, "AdamW's decoupled weight decay; 0: none", "0.05"),
-    "label_smoothing": (0.0, False, 1.0, "0: none", "0.1"),
-    "b1": (0.0, False, 1.0, "Adam's first-moment decay", "0.9"),
-    "b2": (0.0, False, 1.0, "Adam's second-moment decay", "0.999"),
-    "warmup_epochs": (0.0, False, math.inf, "epochs of linear warm-up; 0: none", "1.0"),
-    "min_lr_ratio": (0.0, False, math.inf, "the final lr as a fraction of lr", "0.01"),
-    "grad_clip": (0.0, False, math.inf, "the global-norm clip; 0: off", "1.0"),
-}
-
-
-def check_optim(config):
-  """Range checks of config.optim, before anything is written (one-line errors)."""
-  for key, (low, strict, high, meaning, example) in _OPTIM_RANGES.items():
-    if key not in config.optim:
-      continue
-    value = config.optim[key]
-    try:
-      v = float(value)
-    except (TypeError, ValueError):
-      v = math.nan
-    if not (math.isfinite(v) and (v > low if strict else v >= low) and v < high):
-      bounds = (f"in [{low:g}, {high:g})" if math.isfinite(high) else
-                f"{'>' if strict else '>='} {low:g}")
-      raise ValueError(f"config.optim.{key}={value!r} must be a finite number {bounds} "
-                       f"({meaning}); pass e.g. --config.optim.{key}={example}")
-
-
-def preprocess(images, rng, config, train: bool):
-  """uint8 (B, H, W, 3) -> normalised float32, with train-time augmentation.
-
-  Train: random flips / 90-degree rotations, then (if config.augment.blur.prob > 0) a
-  random Gaussian blur per sample, both on [0, 1] floats, then normalisation.
-  """
+def augment(images, rng, config):
+  """uint8 (B, H, W, 3) -> float [0, 1] with train-time augmentation: random flips / 90-degree
+  rotations, then (if config.augment.blur.prob > 0) a random Gaussian blur per sample."""
   x = normalize.to_float(images)
-  if train:
-    x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
-    blur_args = blur_augment_config(config)
-    if blur_args is not None:
-      x = augment.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
-  return _normalize(x, config)
+  x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
+  blur_args = blur_augment_config(config)
+  if blur_args is not None:
+    x = augment_ops.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
+  return x
 
 
-def _normalize(x, config):
-  """config.normalize, except for foundation models: they resize and then normalise with
-  their preset's constants inside the model (models/foundation.py), the one place for it."""
-  from cellvit_jax.models import fm_presets
-  if fm_presets.is_foundation(config):
-    return x
-  return normalize.normalize(x, config.normalize.mean, config.normalize.std)
+def model_input(model, images01, config):
+  """Float [0, 1] images -> what `model` takes: normalised with config.normalize, unless the
+  model normalises (and resizes) its input itself (the foundation models)."""
+  if model.normalizes_input:
+    return images01
+  return normalize.normalize(images01, config.normalize.mean, config.normalize.std)
 
 
 def eval_logits(model, config, state, images01):
   """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode)."""
-  x = _normalize(images01, config)
+  x = model_input(model, images01, config)
   return model.apply(_variables(state), x, train=False).astype(jnp.float32)
 
 
@@ -134,7 +93,7 @@ def make_steps(model, config, schedule, mesh):
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
-    images = preprocess(batch["image"], aug_rng, config, train=True)
+    images = model_input(model, augment(batch["image"], aug_rng, config), config)
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
 
@@ -173,29 +132,6 @@ def make_steps(model, config, schedule, mesh):
                        donate_argnums=0)
   eval_step = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
   return train_step, eval_step
-
-
-def make_optimizer(config, total_steps: int, steps_per_epoch: int):
-  """AdamW with linear warm-up and cosine decay; weight decay on matrices/kernels only."""
-  from cellvit_jax import train_length
-  o = config.optim
-  warmup = min(train_length.every(o.warmup_epochs, steps_per_epoch) if o.warmup_epochs > 0 else 0,
-               max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-      end_value=o.lr * o.min_lr_ratio)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  from cellvit_jax.models import fm_presets
-  is_fm = fm_presets.is_foundation(config)
-  if is_fm:  # as their pre-training did: no decay on class tokens and position tables either
-    from cellvit_jax.models import foundation
-    decay_mask = foundation.weight_decay_mask
-  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
-  if is_fm:  # fine-tuning: deeper blocks learn faster than early ones
-    tx = optax.chain(tx, foundation.layer_decay_transform(config))
-  if o.grad_clip and o.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  return tx, schedule
 
 
 def create_state(rng, model, tx, image_size: int, mesh) -> TrainState:

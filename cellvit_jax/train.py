@@ -1,8 +1,9 @@
 """Training and evaluation of a model: `train_and_evaluate(config, workdir)`.
 
 The same loop fine-tunes the foundation models (mode=finetune): models.from_config builds
-them, models.with_pretrained loads their weights into a fresh state, and
-steps.make_optimizer adds their layer-wise lr decay.
+them and models.with_pretrained loads their weights into a fresh state; what differs in
+training (input normalisation, weight-decay mask, layer-wise lr) comes with the model
+(models/interface.py).
 
 Reads top to bottom: data -> FlagLimit subset -> model and optimiser -> resume from the
 latest checkpoint if any -> train loop with periodic validation and checkpoints -> test
@@ -17,9 +18,10 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
-from cellvit_jax import checkpoint, metric_writers, metrics, models, parallel, preemption, steps
-from cellvit_jax import train_length, workdir_lock
+from cellvit_jax import checkpoint, metric_writers, metrics, models, optimizer, parallel
+from cellvit_jax import preemption, results as results_lib, steps, train_length, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
@@ -55,7 +57,6 @@ def _check_finite(first_step, per_step_metrics):
 
 
 def _progress(total, initial, config):
-  from tqdm import tqdm
   enabled = config.train.progress_bar and sys.stderr.isatty() and jax.process_index() == 0
   return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
@@ -65,7 +66,7 @@ def check_config(config, mesh):
   models.from_config(config, 2)  # FMs: also reads the weights directory's config and headers
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
-  steps.check_optim(config)
+  optimizer.check_optim(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -96,7 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Model, optimiser and state.
   model = models.from_config(config, dataset.num_classes)
   total, steps_per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
-  tx, schedule = steps.make_optimizer(config, total, steps_per_epoch)
+  tx, schedule = optimizer.make_optimizer(config.optim, model, total, steps_per_epoch)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh)
@@ -193,26 +194,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.close()
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
-  results = workdir_lib.results_record(
+  results = results_lib.results_record(
       config, dataset, counts, mesh, test, val, workdir, step=total, num_params=num_params,
       steps=total, train_images_per_sec=images_per_sec)
   if is_main:
     workdir_lib.write_json(workdir, "results.json", results)
   return results
-
-
-def summary_table(results: dict) -> str:
-  test = results["test"]
-  ips = results.get("train_images_per_sec")
-  rows = [
-      ("model", results["model"]),
-      ("dataset", f"{results['dataset']} (FlagLimit {results['flaglimit']}, "
-                  f"{results['train_examples']} training patches)"),
-      ("test accuracy", f"{test['accuracy']:.4f}"),
-      ("test balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
-      ("test macro-F1", f"{test['macro_f1']:.4f}"),
-      ("train images/s", f"{ips:.1f}" if ips else "n/a (no timed steps in this run)"),
-      ("results", os.path.join(results["workdir"], "results.json")),
-  ]
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -101,28 +101,6 @@ def config_differences(old: dict, new: dict) -> list:
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 
-def results_record(config, dataset, counts, mesh, test: dict, val: dict, workdir: str,
-                   **fields) -> dict:
-  """The results.json every finished run writes (train, finetune, probe): the keys that the
-  study, the report and results_table read, plus the mode's own `fields`."""
-  return {
-      "finished": True,
-      "model": fields.pop("model", config.model.name),
-      "dataset": dataset.name,
-      "flaglimit": config.dataset.flaglimit,
-      "seed": config.seed,
-      "train_examples": int(sum(counts)),
-      "train_counts": dict(zip(dataset.class_names, [int(c) for c in counts])),
-      **fields,
-      "devices": mesh.devices.size,
-      "platform": jax.devices()[0].platform,
-      "test": test,
-      "val": val,
-      "workdir": workdir,
-      "config": config.to_dict(),
-  }
-
-
 @contextlib.contextmanager
 def atomic_path(path: str):
   """Yields a temporary file name beside `path` to write; on success it is renamed to `path`

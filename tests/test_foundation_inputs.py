@@ -107,7 +107,7 @@ def test_bad_fm_options_and_presets(weights):
   with pytest.raises(ValueError, match="mode 'train' is not one of probe, finetune"):
     _config("uni,train", "")
   with pytest.raises(ValueError, match=r"layer_decay=1.5 must be in \(0, 1\]"):
-    foundation.layer_decay_transform(_config("uni,finetune", weights["uni"], layer_decay=1.5))
+    foundation.build(_config("uni,finetune", weights["uni"], layer_decay=1.5), 4)
 
 
 def test_converter_refuses_unsupported_timm_layouts(weights, tmp_path):

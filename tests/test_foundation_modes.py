@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import main, probe, restore
+from cellvit_jax import main, optimizer, probe, restore
 from cellvit_jax.data import pipeline
 from cellvit_jax.models import fm_weights, foundation
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
@@ -185,7 +185,7 @@ def test_layer_decay_depths_and_scales(preset, weights, tiny_data_dir):
   assert {s for k, s in flat.items() if "layer" in k and "/0/" in k} == {0.25}
   assert {s for k, s in flat.items() if "layer" in k and "/1/" in k} == {0.5}
   assert flat["head/kernel"] == 1.0
-  tx = foundation.layer_decay_transform(config)
+  tx = optimizer.scale_by_model_lr(model)
   ones = jax.tree.map(jnp.ones_like, params)
   scaled, _ = tx.update(ones, tx.init(params))
   assert jax.tree.map(lambda u: float(u.reshape(-1)[0]), scaled) == scales

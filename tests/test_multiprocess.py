@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import models, parallel, steps
+    from cellvit_jax import models, optimizer, parallel, steps
     parallel.maybe_initialize_distributed()
     from conftest import tiny_config
     pid, nproc = jax.process_index(), jax.process_count()
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     for name, kwargs in [("customvit", dict(config.model.kwargs)), ("resnet18", dict(width=8))]:
       model = models.build(name, 4, **kwargs)
       mesh = parallel.make_mesh()
-      tx, schedule = steps.make_optimizer(config, 12, 2)
+      tx, schedule = optimizer.make_optimizer(config.optim, model, 12, 2)
       state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
       train_step, _ = steps.make_steps(model, config, schedule, mesh)
       losses, per = [], 32 // nproc

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cellvit_jax import train
+from cellvit_jax import results, train
 from conftest import REPO, tiny_config
 
 
@@ -34,7 +34,7 @@ def test_tiny_run_learns_and_writes_results(tiny_trained_run):
                                  "confusion_matrix"}
   assert stored["config"]["model"]["name"] == "customvit"
   assert stored["train_counts"] == {n: 128 for n in stored["train_counts"]}
-  assert "test accuracy" in train.summary_table(stored)
+  assert "test accuracy" in results.summary_table(stored)
 
 
 def test_interrupted_run_resumes_and_finished_run_is_kept(tiny_data_dir, tmp_path):
@@ -74,7 +74,7 @@ EQUIVALENCE = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import models, parallel, steps
+    from cellvit_jax import models, optimizer, parallel, steps
     from conftest import tiny_config
     assert jax.device_count() == 8
     config = tiny_config("unused")
@@ -86,7 +86,7 @@ EQUIVALENCE = textwrap.dedent("""
       out = {{}}
       for n in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:n])
-        tx, schedule = steps.make_optimizer(config, 10, 2)
+        tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
         state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
         train_step, _ = steps.make_steps(model, config, schedule, mesh)
         losses = []

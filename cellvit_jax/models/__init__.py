@@ -12,6 +12,8 @@ weights directory (config.fm.*), so `from_config` builds them from the whole con
 import dataclasses
 import importlib
 
+from cellvit_jax.models import dtypes, fm_presets, foundation
+
 _REGISTRY = {
     "customvit": ("cellvit_jax.models.customvit", "CustomViT"),
     "resnet18": ("cellvit_jax.models.resnet", "ResNet18"),
@@ -47,25 +49,17 @@ def build(name: str, num_classes: int, dtype=None, **kwargs):
   return cls(num_classes=num_classes, **kwargs)
 
 
-def is_foundation(config) -> bool:
-  from cellvit_jax.models import fm_presets
-  return fm_presets.is_foundation(config)
-
-
 def from_config(config, num_classes: int):
   """The model a config trains: a foundation model when config.fm.preset is set, else the
   registry entry config.model.name with config.model.kwargs."""
-  from cellvit_jax import steps
-  if is_foundation(config):
-    from cellvit_jax.models import foundation
+  if fm_presets.is_foundation(config):
     return foundation.build(config, num_classes)
-  return build(config.model.name, num_classes, dtype=steps.compute_dtype(config.model.dtype),
+  return build(config.model.name, num_classes, dtype=dtypes.compute_dtype(config.model.dtype),
                **config.model.kwargs)
 
 
 def with_pretrained(config, model, state, mesh):
   """A freshly initialised state with its pretrained part loaded (FMs); others unchanged."""
-  if not is_foundation(config):
+  if not fm_presets.is_foundation(config):
     return state
-  from cellvit_jax.models import foundation
   return foundation.with_pretrained(config, model, state, mesh)

@@ -38,6 +38,8 @@ import sys
 
 import numpy as np
 
+from cellvit_jax import workdir as workdir_lib
+
 HEAD_WIDTH = 64  # ViT-B/L/g and the pathology ViTs built on them use 64-wide heads
 # Widths whose standard ViT does not use 64-wide heads: ViT-H/14 has 16 heads of 80.
 HEADS_BY_WIDTH = {1280: 16}
@@ -261,7 +263,6 @@ def write_hf_dir(output: str, config: dict, tensors: dict):
   """config.json + model.safetensors, each written atomically."""
   from safetensors.numpy import save_file
   os.makedirs(output, exist_ok=True)
-  from cellvit_jax import workdir as workdir_lib
   with workdir_lib.atomic_path(os.path.join(output, "model.safetensors")) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
   workdir_lib.write_json(output, "config.json", config)

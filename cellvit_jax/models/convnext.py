@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 _init = nn.initializers.truncated_normal(0.02)
 
@@ -49,7 +49,7 @@ class ConvNeXtBlock(nn.Module):
     return x + layers.DropPath(self.drop_path)(y, train)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(interface.Model):
   """ConvNeXt with a configurable patchify stem; see the module docstring."""
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)

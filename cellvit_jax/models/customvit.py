@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 
 def shifted_patch_stack(x, shift: int):
@@ -48,7 +48,7 @@ def shifted_patch_stack(x, shift: int):
   return jnp.concatenate(views, axis=-1)
 
 
-class CustomViT(nn.Module):
+class CustomViT(interface.Model):
   num_classes: int
   patch_size: int = 4
   dim: int = 96

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cellvit_jax.models import interface
+
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
@@ -60,7 +62,7 @@ class DenseLayer(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
-class DenseNet(nn.Module):
+class DenseNet(interface.Model):
   """DenseNet-BC with a 3x3 stride-1 stem and no max-pool; see the module docstring."""
   num_classes: int
   growth_rate: int = 32

@@ -33,7 +33,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 BN_EPSILON = 1e-3  # the reference's (TF) BatchNorm epsilon
 
@@ -92,7 +92,7 @@ class MBConv(nn.Module):
     return y
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(interface.Model):
   """EfficientNet with a configurable stem stride; see the module docstring."""
   num_classes: int
   width_mult: float = 1.0

@@ -21,6 +21,8 @@ import json
 import os
 import re
 
+from cellvit_jax.models import convert, fm_presets
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[A-Za-z0-9_./-]+)?$")
 WEIGHT_FILES = ("model.safetensors", "flax_model.msgpack", "pytorch_model.bin")
 
@@ -44,7 +46,6 @@ def _status(error) -> int:
 def _converted_dir(weights: str, bin_path: str, config_path: str) -> str:
   """pytorch_model.bin -> a cached config.json + model.safetensors directory (needs torch once)."""
   from huggingface_hub import constants
-  from cellvit_jax.models import convert
   real = os.path.realpath(bin_path)
   key = os.path.basename(real)  # the blob name: the file's sha256 (LFS) or git hash
   if not re.fullmatch(r"[0-9a-f]{40,64}", key):
@@ -136,7 +137,6 @@ def resolve(weights: str, preset_name: str = "") -> str:
 
 
 def _preset_hint(preset_name: str) -> str:
-  from cellvit_jax.models import fm_presets
   if preset_name not in fm_presets.PRESETS:
     return ""
   return f" (preset {preset_name} is {fm_presets.get(preset_name).hub_id})"

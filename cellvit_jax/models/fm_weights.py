@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from cellvit_jax.models import convert, fm_hub
+from cellvit_jax.models import convert, fm_hub, fm_presets
 # Reading a .safetensors file lives with the converter (it needs it too, and this module
 # builds on the converter); the names stay importable from here.
 from cellvit_jax.models.convert import read_safetensors, safetensors_header  # noqa: F401
@@ -134,7 +134,6 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
 
 
 def _presets():
-  from cellvit_jax.models import fm_presets
   return fm_presets.PRESETS
 
 

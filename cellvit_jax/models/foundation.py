@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax.models import dinov2_registers, fm_presets, fm_weights
+from cellvit_jax import parallel
+from cellvit_jax.models import dinov2_registers, dtypes, fm_presets, fm_weights, interface
+from cellvit_jax.ops import resize
 
 
 def backbone_class(family: str):
@@ -48,15 +50,13 @@ def backbone_class(family: str):
   raise ValueError(f"unknown FM family {family!r}; valid: vit, dinov2, dinov2_registers, clip")
 
 
-def resize(images, size: int, method: str):
-  """(B, H, W, C) -> (B, size, size, C); the identity when already that size."""
-  if images.shape[1] == images.shape[2] == size:
-    return images
-  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), method=method)
+class FoundationModel(interface.Model):
+  """An FM with a linear head; num_classes=0 returns the features instead of logits.
 
-
-class FoundationModel(nn.Module):
-  """An FM with a linear head; num_classes=0 returns the features instead of logits."""
+  Its training interface (models/interface.py): it resizes and normalises its own input,
+  decays neither tokens nor position tables (as their pre-training did), and fine-tunes
+  with layer-wise lr decay (config.fm.layer_decay: deeper blocks learn faster).
+  """
   family: str
   hf_config: Any
   num_classes: int
@@ -65,11 +65,21 @@ class FoundationModel(nn.Module):
   std: tuple
   feature: str = "cls"
   resize_method: str = "bilinear"
+  layer_decay: float = 1.0
   dtype: Any = jnp.float32
+
+  normalizes_input = True
+  layerwise_lr = True
+
+  def weight_decay_mask(self, params):
+    return weight_decay_mask(params)
+
+  def lr_scales(self, params):
+    return layer_decay_scales(params, int(self.hf_config.num_hidden_layers), self.layer_decay)
 
   @nn.compact
   def __call__(self, images01, train: bool = False):
-    x = resize(images01.astype(jnp.float32), self.input_size, self.resize_method)
+    x = resize.square(images01.astype(jnp.float32), self.input_size, self.resize_method)
     x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
     backbone = backbone_class(self.family)(self.hf_config, self.dtype, "backbone")
     out = backbone(x.astype(self.dtype), deterministic=not train)
@@ -114,7 +124,6 @@ def input_size_of(config, ckpt) -> int:
 
 def build(config, num_classes: int) -> FoundationModel:
   """The FM of `config` (config.fm.*, config.model.dtype) with a `num_classes` head."""
-  from cellvit_jax import steps
   preset = fm_presets.get(config.fm.preset)
   ckpt = checkpoint_of(config)
   feature = config.fm.feature or preset.feature
@@ -124,10 +133,14 @@ def build(config, num_classes: int) -> FoundationModel:
   if method not in fm_presets.RESIZE_METHODS:
     raise ValueError(f"config.fm.resize_method={method!r}; valid: "
                      f"{', '.join(fm_presets.RESIZE_METHODS)}")
+  decay = float(config.fm.layer_decay)
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"config.fm.layer_decay={decay} must be in (0, 1]; 1 disables layer-wise "
+                     "decay, 0.75 is a usual ViT fine-tuning value")
   return FoundationModel(family=ckpt.family, hf_config=ckpt.hf_config, num_classes=num_classes,
                          input_size=input_size_of(config, ckpt), mean=tuple(preset.mean),
                          std=tuple(preset.std), feature=feature, resize_method=method,
-                         dtype=steps.compute_dtype(config.model.dtype))
+                         layer_decay=decay, dtype=dtypes.compute_dtype(config.model.dtype))
 
 
 def backbone_abstract(model: FoundationModel) -> dict:
@@ -143,7 +156,6 @@ def pretrained_backbone(config, model: FoundationModel) -> dict:
 
 def with_pretrained(config, model, state, mesh):
   """`state` with its backbone params replaced by the published weights (replicated)."""
-  from cellvit_jax import parallel
   params = dict(state.params)
   params["backbone"] = pretrained_backbone(config, model)
   return state.replace(params=parallel.replicate(params, mesh))
@@ -175,23 +187,6 @@ def weight_decay_mask(params):
     names = {str(getattr(k, "key", k)) for k in path}
     return p.ndim > 1 and not names & set(_NO_DECAY)
   return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def layer_decay_transform(config):
-  """optax transformation scaling each update by its layer's factor (config.fm.layer_decay)."""
-  import optax
-  decay = float(config.fm.layer_decay)
-  if not 0.0 < decay <= 1.0:
-    raise ValueError(f"config.fm.layer_decay={decay} must be in (0, 1]; 1 disables layer-wise "
-                     "decay, 0.75 is a usual ViT fine-tuning value")
-  num_layers = int(checkpoint_of(config).hf_config.num_hidden_layers)
-
-  def update(updates, state, params=None):
-    del params
-    scales = layer_decay_scales(updates, num_layers, decay)
-    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 # --- tiny random checkpoints in the published formats ----------------------------------------

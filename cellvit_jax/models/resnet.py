@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 
 class BasicBlock(nn.Module):
@@ -72,7 +72,7 @@ class Bottleneck(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(interface.Model):
   """A ResNet with a 3x3 stride-1 stem and no max-pool; see the module docstring.
 
   `zero_init_residual=True` starts every block as the identity (BN scale of its last layer at

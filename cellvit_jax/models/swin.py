@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 
 class SwinBlock(nn.Module):
@@ -84,7 +84,7 @@ class PatchMerging(nn.Module):
     return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction")(x)
 
 
-class Swin(nn.Module):
+class Swin(interface.Model):
   """Swin Transformer for small images; see the module docstring."""
   num_classes: int
   patch_size: int = 2

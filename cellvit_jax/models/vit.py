@@ -21,10 +21,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cellvit_jax.models import layers
+from cellvit_jax.models import interface, layers
 
 
-class ViT(nn.Module):
+class ViT(interface.Model):
   """Plain ViT with class-token pooling; see the module docstring."""
   num_classes: int
   patch_size: int = 4

@@ -1,0 +1,47 @@
+"""The results.json record every finished run writes, and its printed summary.
+
+`results_record(...)` is the dict train, finetune and probe write (the keys the study, the
+report and results_table read); `summary_table(results)` the short table main prints.
+"""
+import os
+
+import jax
+
+
+def results_record(config, dataset, counts, mesh, test: dict, val: dict, workdir: str,
+                   **fields) -> dict:
+  """The results.json every finished run writes (train, finetune, probe): the keys that the
+  study, the report and results_table read, plus the mode's own `fields`."""
+  return {
+      "finished": True,
+      "model": fields.pop("model", config.model.name),
+      "dataset": dataset.name,
+      "flaglimit": config.dataset.flaglimit,
+      "seed": config.seed,
+      "train_examples": int(sum(counts)),
+      "train_counts": dict(zip(dataset.class_names, [int(c) for c in counts])),
+      **fields,
+      "devices": mesh.devices.size,
+      "platform": jax.devices()[0].platform,
+      "test": test,
+      "val": val,
+      "workdir": workdir,
+      "config": config.to_dict(),
+  }
+
+
+def summary_table(results: dict) -> str:
+  test = results["test"]
+  ips = results.get("train_images_per_sec")
+  rows = [
+      ("model", results["model"]),
+      ("dataset", f"{results['dataset']} (FlagLimit {results['flaglimit']}, "
+                  f"{results['train_examples']} training patches)"),
+      ("test accuracy", f"{test['accuracy']:.4f}"),
+      ("test balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
+      ("test macro-F1", f"{test['macro_f1']:.4f}"),
+      ("train images/s", f"{ips:.1f}" if ips else "n/a (no timed steps in this run)"),
+      ("results", os.path.join(results["workdir"], "results.json")),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
