@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 import jax
+from flax import traverse_util
 
 from cellvit_jax import workdir_lock
 
@@ -84,19 +85,9 @@ def write_failure_hint(error, directory: str, elsewhere: str = "pass another --w
           "uses it")
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
 def config_differences(old: dict, new: dict) -> list:
-  a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+  # Both configs as JSON stores them (tuples as lists), flattened to 'a.b' keys.
+  a, b = (traverse_util.flatten_dict(json.loads(json.dumps(c)), sep=".") for c in (old, new))
   a = {**{k: v for k, v in ADDED_KEYS.items() if k not in a}, **a}
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 

@@ -32,8 +32,9 @@ from typing import Dict, List, Optional, Sequence
 
 from absl import flags
 
+from cellvit_jax.data import datasets, tfds_writer
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep import sources, splits
-from data_prep.sources.common import Options, SourceError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -172,7 +173,6 @@ def _options(fv) -> Options:
 
 def _check_target(data_dir: str, name: str, overwrite: bool) -> None:
   """Refuses bad names, an existing dataset without --overwrite, and unwritable data_dirs."""
-  from cellvit_jax.data import tfds_writer
   if not name:
     raise BuildError("--name is required: the dataset's name, e.g. --name=my_cells")
   if "/" in name or os.sep in name or name.startswith(".") or name.strip() != name:
@@ -247,7 +247,6 @@ def run(*, source: str, input_path: str, name: str, data_dir: str = "", overwrit
         description: str = "", options: Optional[Options] = None, stdout=None,
         stderr=None) -> BuildResult:
   """The build; raises BuildError / SourceError / OSError on bad input (see `build`)."""
-  from cellvit_jax.data import datasets, tfds_writer
   stdout = stdout or sys.stdout
   stderr = stderr or sys.stderr
   options = options or Options()

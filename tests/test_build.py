@@ -21,8 +21,8 @@ import pytest
 
 import fixtures
 from cellvit_jax.data import datasets, tfds_writer
+from cellvit_jax.data.patch_reading import Options
 from data_prep import build as build_lib
-from data_prep.sources.common import Options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

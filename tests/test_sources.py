@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import scipy.io
 
+from cellvit_jax.data import patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep import sources, splits
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceError
 from fixtures import (C, FG, S, blank, dark_centroid, draw_square, make_lizard_image,
                       make_pannuke_fold, patch, save, write_csv)
 
@@ -66,41 +67,41 @@ def test_options_validate():
 
 def test_cropper_centre_and_padding_modes():
   img = (np.arange(50 * 70 * 3) % 251).astype(np.uint8).reshape(50, 70, 3)
-  inner = common.Cropper(img, Options()).crop(35.0, 24.5)   # rounds to (35, 25)
+  inner = patch_reading.Cropper(img, Options()).crop(35.0, 24.5)   # rounds to (35, 25)
   np.testing.assert_array_equal(inner, img[25 - C:25 + C, 35 - C:35 + C])
   for mode in ("reflect", "symmetric", "edge", "wrap"):
     for x, y in ((2, 48), (69, 0), (35, 49)):
-      got = common.Cropper(img, Options(pad_mode=mode)).crop(x, y)
+      got = patch_reading.Cropper(img, Options(pad_mode=mode)).crop(x, y)
       padded = np.pad(img, ((S, S), (S, S), (0, 0)), mode=mode)
       np.testing.assert_array_equal(got, padded[S + y - C:S + y + C, S + x - C:S + x + C])
-  const = common.Cropper(img, Options(pad_mode="constant", pad_value=255)).crop(0, 0)
+  const = patch_reading.Cropper(img, Options(pad_mode="constant", pad_value=255)).crop(0, 0)
   assert (const[:C, :] == 255).all() and (const[:, :C] == 255).all()
   tiny = img[:5, :7]     # smaller than a crop: reflection repeats, still 40x40
-  assert common.Cropper(tiny, Options()).crop(3, 2).shape == (S, S, 3)
+  assert patch_reading.Cropper(tiny, Options()).crop(3, 2).shape == (S, S, 3)
   with pytest.raises(SourceError, match="outside"):
-    common.Cropper(img, Options()).crop(70, 3)
+    patch_reading.Cropper(img, Options()).crop(70, 3)
 
 
 def test_load_rgb_colour_conversions(tmp_path):
   rgb = patch()
   gray = save(str(tmp_path / "g.png"), rgb, "L")
-  out = common.load_rgb(gray, Options())
+  out = patch_reading.load_rgb(gray, Options())
   assert out.shape == (S, S, 3) and out.dtype == np.uint8
   assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
   pal = save(str(tmp_path / "p.png"), rgb, "P")
-  assert common.load_rgb(pal, Options()).shape == (S, S, 3)
+  assert patch_reading.load_rgb(pal, Options()).shape == (S, S, 3)
   rgba = np.dstack([rgb, np.full((S, S), 255, np.uint8)])
   rgba[0, 0, 3] = 0     # a transparent pixel becomes white
-  out = common.load_rgb(save(str(tmp_path / "a.png"), rgba), Options())
+  out = patch_reading.load_rgb(save(str(tmp_path / "a.png"), rgba), Options())
   assert out[0, 0].tolist() == [255, 255, 255]
   np.testing.assert_array_equal(out[1:, 1:], rgb[1:, 1:])
   g16 = np.full((S, S), 65535, np.uint16)
   g16[0, 0] = 257 * 10
   p16 = save(str(tmp_path / "g16.png"), g16)
-  out = common.load_rgb(p16, Options())
+  out = patch_reading.load_rgb(p16, Options())
   assert out[1, 1].tolist() == [255] * 3 and out[0, 0].tolist() == [10] * 3
   with pytest.raises(SourceError, match="16-bit"):
-    common.load_rgb(p16, Options(scale_16bit=False))
+    patch_reading.load_rgb(p16, Options(scale_16bit=False))
 
 
 def test_instance_centroids():
@@ -532,7 +533,7 @@ def test_ihc_demo_counts_threshold_and_crops(ihc_data):
   assert 0.03 < ihc_data.info["ihc_threshold"] < 0.07
   rgb = skdata.immunohistochemistry()
   for e in ihc_data.examples:
-    cx, cy = common.centre_pixel(e["x"], e["y"])
+    cx, cy = patch_reading.centre_pixel(e["x"], e["y"])
     if C <= cx <= 512 - C and C <= cy <= 512 - C:
       np.testing.assert_array_equal(e["image"], rgb[cy - C:cy + C, cx - C:cx + C])
   assert ihc_data.info["num_specimens"] == 16
@@ -545,7 +546,7 @@ def test_ihc_demo_labels_follow_dab(ihc_data):
   dab = color.rgb2hed(skdata.immunohistochemistry())[..., 2]
   means = {}
   for e in ihc_data.examples:
-    cx, cy = common.centre_pixel(e["x"], e["y"])
+    cx, cy = patch_reading.centre_pixel(e["x"], e["y"])
     if 12 <= cx < 500 and 12 <= cy < 500:
       means.setdefault(e["label"], []).append(dab[cy - 5:cy + 6, cx - 5:cx + 6].mean())
   assert np.mean(means[1]) > 2 * np.mean(means[0])

@@ -94,9 +94,10 @@ def test_grid_order_workers_and_validation(tiny_data_dir, tmp_path):
   s = tiny_study_config(tiny_data_dir, flaglimits=(256, 512, 1024), seeds=(0, 1)).study
   cells = study_grid.cells(s)
   assert len(cells) == 2 * 3 * 2
-  assert [c.index for c in study_grid.mine(cells, (1, 3))] == [1, 4, 7, 10]
-  mine = [study_grid.mine(cells, (k, 3)) for k in range(3)]
-  assert sorted(c.index for m in mine for c in m) == list(range(12))  # a partition
+  assert [c.index for c in study_grid.cells_of_worker(cells, (1, 3))] == [1, 4, 7, 10]
+  shares = [study_grid.cells_of_worker(cells, (k, 3)) for k in range(3)]
+  assert sorted(c.index for m in shares for c in m) == list(range(12))  # a partition
+  assert len(study_grid.cells_of_worker(cells, None)) == 12
   assert cells[0].workdir("/s") == "/s/runs/customvit/fl256/seed0"
   config = study_grid.cell_config(cells[3], s, REPO)
   assert (config.dataset.flaglimit, config.seed, config.model.kwargs.width) == (256, 1, 8)

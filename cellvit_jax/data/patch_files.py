@@ -3,13 +3,14 @@
     folder   every image file under the folder, recursively (any layout: flat, or the
              training ROOT/<class>/ tree), in sorted path order; hidden files and OS
              droppings ignored.  Each file is one patch.
-    CSV      the training manifest format (data_prep/sources/csv.py) without the need for a
-             label or specimen: a `path` column (relative to the CSV's folder), optional `x`,
-             `y` crop centres (then each row is a crop of a larger image, padded where it
-             leaves it), any other columns carried to the output untouched.
+    CSV      the training manifest format (manifest_rows.py; data_prep/sources/csv_manifest.py)
+             without the need for a label or specimen: a `path` column (relative to the
+             CSV's folder), optional `x`, `y` crop centres (then each row is a crop of a
+             larger image, padded where it leaves it), any other columns carried to the
+             output untouched.
 
-Image decoding, colour rules, resizing and crops are the data_prep readers' own
-(data_prep/sources/common.py), so a patch is read exactly as it would be for training.
+Image decoding, colour rules, resizing and crops are those the data_prep readers use
+(patch_reading.py), so a patch is read exactly as it would be for training.
 """
 import dataclasses
 import math
@@ -17,9 +18,8 @@ import os
 
 import numpy as np
 
-from data_prep.sources import common
-from data_prep.sources import csv as csv_source
-from data_prep.sources.common import Options, SourceError
+from cellvit_jax.data import manifest_rows, patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 
 
 @dataclasses.dataclass
@@ -33,20 +33,21 @@ class Patches:
 def _from_folder(root: str, options: Options) -> Patches:
   files = []
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if not common.is_ignored_file(d))
+    dirnames[:] = sorted(d for d in dirnames if not patch_reading.is_ignored_file(d))
     files += [os.path.join(dirpath, n) for n in sorted(filenames)
-              if not common.is_ignored_file(n) and common.is_image_name(n)]
+              if not patch_reading.is_ignored_file(n) and patch_reading.is_image_name(n)]
   if not files:
     raise SourceError(f"predict input folder {root} holds no image files "
-                      f"({', '.join(common.IMAGE_EXTENSIONS)}); give a folder of patches or a CSV")
+                      f"({', '.join(patch_reading.IMAGE_EXTENSIONS)}); give a folder of "
+                      "patches or a CSV")
   images, rows, skipped = [], [], []
   for p in files:
-    rel = common.nfc(os.path.relpath(p, root).replace(os.sep, "/"))
+    rel = patch_reading.nfc(os.path.relpath(p, root).replace(os.sep, "/"))
     try:
-      images.append(common.to_patch_size(common.load_rgb(p, options), p, options))
+      images.append(patch_reading.to_patch_size(patch_reading.load_rgb(p, options), p, options))
     except SourceError as e:
       if not options.skip_bad:
-        raise SourceError(f"{e}; {common.SKIP_HINT}") from None
+        raise SourceError(f"{e}; {patch_reading.SKIP_HINT}") from None
       skipped.append((p, str(e)))
       continue
     rows.append({"path": rel})
@@ -56,7 +57,7 @@ def _from_folder(root: str, options: Options) -> Patches:
 
 
 def _from_csv(manifest: str, options: Options) -> Patches:
-  columns, table = csv_source.read_rows(manifest, options)
+  columns, table = manifest_rows.read_rows(manifest, options)
   if options.path_column not in columns:
     raise SourceError(f"CSV {manifest}: no {options.path_column!r} column (columns: {columns}); "
                       "name the patch file column 'path' or set config.predict.path_column")
@@ -72,18 +73,18 @@ def _from_csv(manifest: str, options: Options) -> Patches:
       path = os.path.normpath(os.path.join(base, os.path.expanduser(rel)))
       if path not in decoded:
         decoded.clear()  # rows of one image are usually together: keep only the last one
-        decoded[path] = common.load_rgb(path, options)
+        decoded[path] = patch_reading.load_rgb(path, options)
       if crops:
         x, y = float(row[options.x_column]), float(row[options.y_column])
         if not (math.isfinite(x) and math.isfinite(y)):
           raise SourceError(f"{where}: x, y must be finite pixel coordinates")
-        patch = common.Cropper(decoded[path], options, name=path).crop(x, y)
+        patch = patch_reading.Cropper(decoded[path], options, name=path).crop(x, y)
       else:
-        patch = common.to_patch_size(decoded[path], path, options)
+        patch = patch_reading.to_patch_size(decoded[path], path, options)
     except (SourceError, ValueError) as e:
       message = str(e) if str(e).startswith(where) else f"{where}: {e}"
       if not options.skip_bad:
-        raise SourceError(f"{message}; {common.SKIP_HINT}") from None
+        raise SourceError(f"{message}; {patch_reading.SKIP_HINT}") from None
       skipped.append((f"{manifest}:{n}", message))
       continue
     images.append(patch)

@@ -5,14 +5,19 @@
 Multinomial logistic regression on raw, standardised pixels of the FlagLimit training
 subset, L2 strength chosen on val, accuracy on test. A model that learns shape (a ViT, a
 CNN) should beat it clearly; if it does not, the task is mostly colour.
+
+Like training, it refuses a dataset whose specimens appear in more than one split (their
+patches would leak into test) unless --allow_shared_specimens is given.
 """
 import json
+import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
 from cellvit_jax import logistic, metrics
+from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
 flags.DEFINE_string("dataset", "synthetic_cells", "Dataset name.")
@@ -21,6 +26,8 @@ flags.DEFINE_list("flaglimit", ["1024"], "FlagLimit(s), samples per class.")
 flags.DEFINE_integer("seed", 0, "FlagLimit seed.")
 flags.DEFINE_list("l2", ["1e-3", "1e-2", "1e-1"], "L2 strengths tried; the best on val is kept.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
+flags.DEFINE_bool("allow_shared_specimens", False, "Fit even when a specimen has patches in more "
+                  "than one split (as config.dataset.allow_shared_specimens in training).")
 FLAGS = flags.FLAGS
 
 
@@ -28,7 +35,10 @@ def _pixels(images):
   return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def baseline(dataset, limit: int, seed: int, l2_grid) -> dict:
+def baseline(dataset, limit: int, seed: int, l2_grid,
+             allow_shared_specimens: bool = False) -> dict:
+  """Fits on the FlagLimit subset of train; ValueError if specimens leak between splits."""
+  datasets.refuse_shared_specimens(dataset, allow_shared_specimens)
   idx = flaglimit.select(dataset.labels("train"), limit, seed)
   x, y = pipeline.load_arrays(dataset.source("train"), idx)
   xv, yv = pipeline.load_arrays(dataset.source("val"), range(len(dataset.labels("val"))))
@@ -48,14 +58,18 @@ def baseline(dataset, limit: int, seed: int, l2_grid) -> dict:
 def main(argv):
   del argv
   dataset = datasets.open_dataset(FLAGS.dataset, FLAGS.data_dir)
-  out = [baseline(dataset, int(n), FLAGS.seed, [float(v) for v in FLAGS.l2]) for n in FLAGS.flaglimit]
+  try:
+    datasets.refuse_shared_specimens(dataset, FLAGS.allow_shared_specimens)
+  except ValueError as e:
+    sys.exit(f"error: {e} Here: pass --allow_shared_specimens.")
+  out = [baseline(dataset, int(n), FLAGS.seed, [float(v) for v in FLAGS.l2],
+                  FLAGS.allow_shared_specimens) for n in FLAGS.flaglimit]
   for r in out:
     print(f"pixel logistic regression on {r['dataset']}, FlagLimit {r['flaglimit']}: test accuracy "
           f"{r['test']['accuracy']:.4f}, balanced {r['test']['balanced_accuracy']:.4f}, "
           f"macro-F1 {r['test']['macro_f1']:.4f} (L2 {r['l2']:g} chosen on val)")
   if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(out, f, indent=2)
+    workdir_lib.write_text(FLAGS.output, json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

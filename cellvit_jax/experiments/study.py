@@ -125,7 +125,7 @@ def check(config, modes) -> list:
         raise ValueError(f"study row {cell.row!r} ({cell.spec}): {' '.join(str(e).split())} "
                          f"(in a study, a row's setting is --config.study.models.{cell.row}.set."
                          "<key>=...)") from None
-  return study_grid.mine(all_cells, worker)
+  return study_grid.cells_of_worker(all_cells, worker)
 
 
 def measure_cost(run_dir, batch_sizes, min_seconds) -> dict:

@@ -12,7 +12,6 @@ models at every scale.  Worker k of n runs the cells whose index i has i % n == 
 Everything here is pure: no training, no files written.
 """
 import dataclasses
-import math
 import os
 import re
 from typing import Optional
@@ -142,12 +141,9 @@ def parse_worker(text: str) -> Optional[tuple[int, int]]:
   return int(m.group(1)), int(m.group(2))
 
 
-def mine(all_cells: list[Cell], worker: Optional[tuple[int, int]]) -> list[Cell]:
+def cells_of_worker(all_cells: list[Cell], worker: Optional[tuple[int, int]]) -> list[Cell]:
+  """The cells worker (k, n) runs: index % n == k; all of them when worker is None."""
   if worker is None:
     return list(all_cells)
   k, n = worker
   return [c for c in all_cells if c.index % n == k]
-
-
-def log2_ticks(flaglimits) -> list[float]:
-  return [math.log2(f) for f in flaglimits]

@@ -11,8 +11,6 @@ import os
 
 import numpy as np
 
-from cellvit_jax.experiments import study_grid
-
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 POSITIONS = ("pre_resize", "post_resize")
 
@@ -119,7 +117,3 @@ def largest_common_flaglimit(records, rows) -> int:
   for row in rows:
     common &= {r["flaglimit"] for r in records if r["row"] == row}
   return max(common) if common else max(flaglimits(records))
-
-
-def log2_flaglimits(records) -> list[float]:
-  return study_grid.log2_ticks(flaglimits(records))

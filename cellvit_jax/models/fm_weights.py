@@ -15,6 +15,7 @@ import json
 import os
 
 import numpy as np
+from flax import serialization, traverse_util
 
 from cellvit_jax.models import convert, fm_hub, fm_presets
 # Reading a .safetensors file lives with the converter (it needs it too, and this module
@@ -173,39 +174,20 @@ def weights_hash(ckpt: Checkpoint) -> str:
   return _hash(ckpt.path, (st.st_size, st.st_mtime_ns))
 
 
-def _flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat):
-  out = {}
-  for key, v in flat.items():
-    node = out
-    for k in key[:-1]:
-      node = node.setdefault(k, {})
-    node[key[-1]] = v
-  return out
-
-
 def load_params(ckpt: Checkpoint, abstract: dict) -> dict:
   """The checkpoint's tensors as a Flax params tree shaped like `abstract` (numpy float32)."""
+  # Deferred: importing transformers takes seconds, and only loading FM weights needs it.
   from transformers.modeling_flax_pytorch_utils import rename_key_and_reshape_tensor
-  want = _flatten(abstract)
+  want = traverse_util.flatten_dict(abstract)
   if ckpt.fmt == "msgpack":
-    from flax import serialization
     with open(ckpt.path, "rb") as f:
       try:
         tree = serialization.msgpack_restore(f.read())
       except Exception as e:
         raise ValueError(f"weights file {ckpt.path!r} is not a readable Flax msgpack ({e}); "
                          "download it again") from None
-    got = {k: np.asarray(v, np.float32) for k, v in _flatten(tree.get("params", tree)).items()}
+    flat = traverse_util.flatten_dict(tree.get("params", tree))
+    got = {k: np.asarray(v, np.float32) for k, v in flat.items()}
   else:
     state = read_safetensors(ckpt.path)
     if ckpt.timm:
@@ -232,14 +214,14 @@ def load_params(ckpt: Checkpoint, abstract: dict) -> dict:
           f"{'the tensor shapes' if ckpt.timm else 'config.json'} describe {ckpt.describe()}, which "
           f"needs {tuple(spec.shape)}; config.json and the weights come from different models")
     params[key] = np.ascontiguousarray(got[key], np.float32)
-  return _unflatten(params)
+  return traverse_util.unflatten_dict(params)
 
 
 def to_pytorch_names(params: dict, prefix: str = "") -> dict:
   """A Flax params tree -> {PyTorch key: numpy}, the inverse of transformers' renaming
   (kernel -> weight transposed, LayerNorm scale / Embed embedding -> weight)."""
   out = {}
-  for key, v in _flatten(params).items():
+  for key, v in traverse_util.flatten_dict(params).items():
     v, leaf = np.asarray(v, np.float32), key[-1]
     if leaf == "kernel":
       v, leaf = (v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T), "weight"

@@ -6,18 +6,18 @@
 
 Kinds (one module each; module docstrings give the input format and where it was learned):
   folder    ROOT/<class>/<patch file>
-  csv       manifest of patch files, or of (x, y) crop centres in larger images
+  csv       (csv_manifest.py) manifest of patch files, or of (x, y) crop centres in larger images
   pannuke   the PanNuke release folds (images.npy / masks.npy / types.npy)
   lizard    the Lizard release (png images + .mat labels)
   ihc_demo  scikit-image's bundled colon IHC image, DAB-positive vs negative nuclei
 """
-from data_prep.sources import csv as csv_source
-from data_prep.sources import folder, ihc_demo, lizard, pannuke
-from data_prep.sources.common import Options, SourceData, SourceError
+from cellvit_jax.data.patch_reading import Options, SourceError
+from data_prep.sources import csv_manifest, folder, ihc_demo, lizard, pannuke
+from data_prep.sources.common import SourceData
 
 KINDS = {
     "folder": folder.read,
-    "csv": csv_source.read,
+    "csv": csv_manifest.read,
     "pannuke": pannuke.read,
     "lizard": lizard.read,
     "ihc_demo": ihc_demo.read,

@@ -28,8 +28,10 @@ import csv
 import os
 import re
 
+from cellvit_jax.data import patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceData, SourceError
+from data_prep.sources.common import SourceData
 
 DEFAULT_SPECIMEN_RULE = "file stem before the first '_'"
 
@@ -45,7 +47,7 @@ def _specimen_rule(options: Options):
       by_name.setdefault(os.path.basename(key), []).append(spec)
 
     def from_csv(rel):
-      rel = common.nfc(rel)
+      rel = patch_reading.nfc(rel)
       if rel in table:
         return table[rel]
       specs = by_name.get(os.path.basename(rel), [])
@@ -83,7 +85,7 @@ def _read_specimen_csv(path: str) -> dict[str, str]:
                         f"{found}")
     table = {}
     for row in reader:
-      key = common.nfc((row["file"] or "").strip().replace("\\", "/"))
+      key = patch_reading.nfc((row["file"] or "").strip().replace("\\", "/"))
       spec = (row["specimen"] or "").strip()
       if not key or not spec:
         raise SourceError(f"specimen_csv {path} line {reader.line_num}: empty file or specimen")
@@ -108,11 +110,11 @@ def read(input_path: str, options: Options) -> SourceData:
 
   entries = sorted(os.listdir(root))
   class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))
-                and not common.is_ignored_file(e)]
+                and not patch_reading.is_ignored_file(e)]
   for e in entries:
     p = os.path.join(root, e)
     if os.path.isfile(p):
-      if common.is_image_name(e):
+      if patch_reading.is_image_name(e):
         common.bad_input(options, data, p, f"{p}: image directly in the folder root has no class; "
                          "move it into ROOT/<class>/")
       else:
@@ -124,11 +126,11 @@ def read(input_path: str, options: Options) -> SourceData:
   if options.class_names is not None:
     class_names = list(options.class_names)
   else:
-    class_names = common.sort_class_names(common.nfc(d) for d in class_dirs)
+    class_names = common.sort_class_names(patch_reading.nfc(d) for d in class_dirs)
 
   per_class = {}   # class name -> list of (relative path, image, specimen)
   for d in class_dirs:
-    cls = common.nfc(d)
+    cls = patch_reading.nfc(d)
     cdir = os.path.join(root, d)
     if cls not in class_names:
       common.bad_input(options, data, cdir,
@@ -137,21 +139,21 @@ def read(input_path: str, options: Options) -> SourceData:
       continue
     files = []
     for dirpath, dirnames, filenames in os.walk(cdir):
-      dirnames[:] = sorted(n for n in dirnames if not common.is_ignored_file(n))
+      dirnames[:] = sorted(n for n in dirnames if not patch_reading.is_ignored_file(n))
       for name in sorted(filenames):
         p = os.path.join(dirpath, name)
-        (ignored if common.is_ignored_file(name) else files).append(p)
+        (ignored if patch_reading.is_ignored_file(name) else files).append(p)
     if not files:
       common.bad_input(options, data, cdir, f"{cdir}: class folder {cls!r} holds no image files; "
                        "add patches or remove the folder")
       continue
     items = per_class.setdefault(cls, [])
     for p in files:
-      rel = common.nfc(os.path.relpath(p, root).replace(os.sep, "/"))
-      if not common.is_image_name(p):
+      rel = patch_reading.nfc(os.path.relpath(p, root).replace(os.sep, "/"))
+      if not patch_reading.is_image_name(p):
         common.bad_input(options, data, p, f"{p}: not an image file (extension "
                          f"{os.path.splitext(p)[1] or 'none'!r}; images are "
-                         f"{', '.join(common.IMAGE_EXTENSIONS)}); remove it")
+                         f"{', '.join(patch_reading.IMAGE_EXTENSIONS)}); remove it")
         continue
       specimen = specimen_of(rel)
       if specimen is None:
@@ -159,7 +161,7 @@ def read(input_path: str, options: Options) -> SourceData:
                          "file name or the specimen option")
         continue
       try:
-        image = common.to_patch_size(common.load_rgb(p, options), p, options)
+        image = patch_reading.to_patch_size(patch_reading.load_rgb(p, options), p, options)
       except SourceError as e:
         common.bad_input(options, data, p, str(e))
         continue

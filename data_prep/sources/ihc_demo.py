@@ -33,8 +33,10 @@ import os
 import numpy as np
 from scipy import ndimage as ndi
 
+from cellvit_jax.data import patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceData, SourceError
+from data_prep.sources.common import SourceData
 
 CLASS_NAMES = ["dab_negative", "dab_positive"]
 BUNDLED = "skimage.data.immunohistochemistry"
@@ -46,7 +48,7 @@ def _load(input_path, options):
     from skimage import data as skdata
     return np.asarray(skdata.immunohistochemistry(), dtype=np.uint8), BUNDLED
   path = os.path.abspath(input_path)
-  return common.load_rgb(path, options), path
+  return patch_reading.load_rgb(path, options), path
 
 
 def segment_nuclei(rgb: np.ndarray, min_area: int):
@@ -79,7 +81,7 @@ def disc_means(values: np.ndarray, centres, radius: int) -> np.ndarray:
   oy, ox = oy[inside], ox[inside]
   out = np.empty(len(centres))
   for k, (x, y) in enumerate(centres):
-    cx, cy = common.centre_pixel(x, y)
+    cx, cy = patch_reading.centre_pixel(x, y)
     yy, xx = cy + oy, cx + ox
     ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
     out[k] = values[yy[ok], xx[ok]].mean()
@@ -108,7 +110,7 @@ def read(input_path: str, options: Options) -> SourceData:
   class_names, remap = common.class_selection(CLASS_NAMES, options, "ihc_demo")
   height, width = rgb.shape[:2]
   g = options.ihc_grid
-  cropper = common.Cropper(rgb, options, name=source)
+  cropper = patch_reading.Cropper(rgb, options, name=source)
   data = SourceData(class_names=class_names, info={
       "kind": "ihc_demo", "source": source, "image_size": [width, height],
       "ihc_threshold": threshold, "ihc_threshold_rule": rule,

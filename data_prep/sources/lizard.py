@@ -45,8 +45,10 @@ import re
 import numpy as np
 import scipy.io
 
+from cellvit_jax.data import patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceData, SourceError
+from data_prep.sources.common import SourceData
 
 # Class value k (1-based in the .mat) -> CLASS_NAMES[k - 1].
 CLASS_NAMES = ["neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"]
@@ -117,7 +119,7 @@ def read(input_path: str, options: Options) -> SourceData:
     for name in sorted(filenames):
       stem, ext = os.path.splitext(name)
       p = os.path.join(dirpath, name)
-      if common.is_ignored_file(name):
+      if patch_reading.is_ignored_file(name):
         continue
       if ext.lower() == ".png":
         images.setdefault(stem, p)
@@ -167,7 +169,7 @@ def read(input_path: str, options: Options) -> SourceData:
 
 def _read_image(name, image_path, label_path, info_row, options, data, remap, offsets) -> int:
   label = load_label(label_path)
-  image = common.load_rgb(image_path, options)
+  image = patch_reading.load_rgb(image_path, options)
   inst = label["inst_map"]
   if image.shape[:2] != inst.shape:
     raise SourceError(f"{label_path}: inst_map is {inst.shape[1]}x{inst.shape[0]} but "
@@ -186,7 +188,7 @@ def _read_image(name, image_path, label_path, info_row, options, data, remap, of
   else:
     specimen = name
   centroids = common.instance_centroids(inst)
-  cropper = common.Cropper(image, options, name=image_path)
+  cropper = patch_reading.Cropper(image, options, name=image_path)
   n = 0
   for row, (inst_id, cls) in enumerate(zip(label["id"].tolist(), label["class"].tolist())):
     if inst_id in centroids:

@@ -43,8 +43,10 @@ import os
 
 import numpy as np
 
+from cellvit_jax.data import patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceData, SourceError
+from data_prep.sources.common import SourceData
 
 # Channel index -> class, from the fold README (channel order 0..4).
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
@@ -162,7 +164,7 @@ def _read_fold(f: dict, options: Options, data: SourceData, remap: dict[int, int
   for i in range(images.shape[0]):
     name = f"{f['images']}[{i}]"
     image = common.as_uint8_rgb(images[i], name)
-    cropper = common.Cropper(image, options, name=name)
+    cropper = patch_reading.Cropper(image, options, name=name)
     tissue = str(types[i]) if types is not None else ""
     source = f"{f['fold']}/{i}"
     specimen = f["fold"] if options.pannuke_specimen == "fold" else source

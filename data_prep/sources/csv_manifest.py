@@ -8,11 +8,13 @@ Format (our own convention; a UTF-8 CSV with a header row, BOM allowed, as Excel
     path,label,specimen,x,y             x, y present: a crop centred at (x, y) of the image
     slides/P07 region 1.png,CD8+,P07,120.5,88
 
-* Column names are Options.path_column / label_column / specimen_column / x_column /
+* Header and rows are read by cellvit_jax/data/manifest_rows.py (prediction reads the same
+  files).  Column names are Options.path_column / label_column / specimen_column / x_column /
   y_column.  Other columns are ignored.  Relative paths are relative to the CSV's folder.
-* x is the column and y the row, in pixels, 0-based (see common.py); the crop keeps its centre
-  pixel at [size // 2, size // 2] and is padded with Options.pad_mode where it leaves the
-  image.  Each source image is decoded once however many rows point at it.
+* x is the column and y the row, in pixels, 0-based (see cellvit_jax/data/patch_reading.py);
+  the crop keeps its centre pixel at [size // 2, size // 2] and is padded with
+  Options.pad_mode where it leaves the image.  Each source image is decoded once however many
+  rows point at it.
 * Without x, y every file is one patch of Options.patch_size (others refused or resized).
 * Labels are strings; class_names = Options.class_names if given (then a label outside it is
   an "unknown label"), else the sorted distinct labels (numeric order when all are integers).
@@ -22,44 +24,19 @@ Format (our own convention; a UTF-8 CSV with a header row, BOM allowed, as Excel
   specimen cell, a non-numeric x or y, a centre outside the image, a missing or corrupt file,
   a duplicate path (patches) or duplicate (path, x, y) (crops), an unknown label.
 """
-import csv
 import math
 import os
 
+from cellvit_jax.data import manifest_rows, patch_reading
+from cellvit_jax.data.patch_reading import Options, SourceError
 from data_prep.sources import common
-from data_prep.sources.common import Options, SourceData, SourceError
-
-
-def read_rows(path: str, options: Options):
-  """(columns, [(line number, row dict)]) of the manifest, or SourceError."""
-  if not os.path.isfile(path):
-    raise SourceError(f"CSV manifest {path}: file not found")
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.DictReader(f)
-      columns = reader.fieldnames
-      rows = []
-      for row in reader:
-        if all(not (v or "").strip() for v in row.values() if isinstance(v, str)):
-          continue   # ',,,' rows are not data (csv already drops empty lines)
-        rows.append((reader.line_num, row))
-  except UnicodeDecodeError as e:
-    raise SourceError(f"CSV manifest {path}: not UTF-8 text ({e}); save it as UTF-8 CSV") from e
-  if not columns:
-    raise SourceError(f"CSV manifest {path} is empty; it needs a header row "
-                      f"'{options.path_column},{options.label_column},{options.specimen_column}' "
-                      "and one row per patch")
-  columns = [c.strip() for c in columns]
-  rows = [(n, {(k or "").strip(): v for k, v in row.items()}) for n, row in rows]
-  if not rows:
-    raise SourceError(f"CSV manifest {path} has a header but no rows; add one row per patch")
-  return columns, rows
+from data_prep.sources.common import SourceData
 
 
 def read(input_path: str, options: Options) -> SourceData:
   """Reads a CSV manifest; see the module docstring for the format and errors."""
   manifest = os.path.abspath(input_path)
-  columns, rows = read_rows(manifest, options)
+  columns, rows = manifest_rows.read_rows(manifest, options)
   required = [options.path_column, options.label_column, options.specimen_column]
   missing = [c for c in required if c not in columns]
   if missing:
@@ -86,7 +63,7 @@ def read(input_path: str, options: Options) -> SourceData:
   seen = {}        # duplicate key -> line
   for n, row in rows:
     rel = (row.get(options.path_column) or "").strip()
-    label = common.nfc((row.get(options.label_column) or "").strip())
+    label = patch_reading.nfc((row.get(options.label_column) or "").strip())
     specimen = (row.get(options.specimen_column) or "").strip()
     empty = [c for c, v in ((options.path_column, rel), (options.label_column, label),
                             (options.specimen_column, specimen)) if not v]
@@ -135,16 +112,16 @@ def read(input_path: str, options: Options) -> SourceData:
   out = []
   for path, group in by_path.items():
     try:
-      image = common.load_rgb(path, options)
+      image = patch_reading.load_rgb(path, options)
     except SourceError as e:
       for r in group:
         common.bad_input(options, data, path, f"{where(r[0])}: {e}")
       continue
-    cropper = common.Cropper(image, options, name=path) if crops else None
+    cropper = patch_reading.Cropper(image, options, name=path) if crops else None
     for n, _, label, specimen, x, y in group:
       rel = os.path.relpath(path, base).replace(os.sep, "/")
       try:
-        patch = cropper.crop(x, y) if crops else common.to_patch_size(image, path, options)
+        patch = cropper.crop(x, y) if crops else patch_reading.to_patch_size(image, path, options)
       except SourceError as e:
         common.bad_input(options, data, path, f"{where(n)}: {e}")
         continue
