@@ -29,7 +29,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from cellvit_jax import checkpoint, default_config, models, optimizer, parallel, probe, steps
+from cellvit_jax import checkpoint, models, optimizer, parallel, probe, steps, stored_config
 from cellvit_jax import train_length
 from cellvit_jax.data import datasets, flaglimit
 from cellvit_jax.ops import normalize
@@ -83,26 +83,13 @@ def _not_a_run(workdir: str, why: str) -> FileNotFoundError:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """workdir/config.json over the current defaults (fields added since keep their default)."""
+  """workdir/config.json brought to today's config (stored_config: older runs still load)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise _not_a_run(workdir, "no config.json")
   with open(path) as f:
     stored = json.load(f)
-  config = default_config.get_config()
-  config.unlock()
-
-  def merge(node, values):
-    for key, value in values.items():
-      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-        merge(node[key], value)
-      elif isinstance(value, dict):
-        node[key] = ml_collections.ConfigDict(value)
-      else:
-        node[key] = tuple(value) if isinstance(value, list) else value
-
-  merge(config, stored)
-  return config
+  return stored_config.over_defaults(stored)
 
 
 def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: bool = False,

@@ -28,21 +28,16 @@ class TrainState(train_state.TrainState):
 
 
 def blur_augment_config(config):
-  """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off.
-
-  Configs written before blur augmentation existed have no config.augment.blur: off.
-  """
-  b = config.augment.get("blur")
-  if b is None or float(b.prob) == 0.0:
+  """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off."""
+  b = config.augment.blur
+  if float(b.prob) == 0.0:
     return None
   return float(b.prob), float(b.sigma_min), float(b.sigma_max)
 
 
 def check_augment(config):
   """Range checks of config.augment.blur, before anything is written (one-line errors)."""
-  b = config.augment.get("blur")
-  if b is None:
-    return
+  b = config.augment.blur
   try:
     augment_ops.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
                                   float(b.sigma_max))

@@ -14,22 +14,13 @@ import tempfile
 import jax
 from flax import traverse_util
 
-from cellvit_jax import workdir_lock
+from cellvit_jax import stored_config, workdir_lock
 
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
                      "dataset.data_dir", "dataset.cache", "train.max_steps_per_run",
                      # where the FM feature cache lives (entries are keyed by content)
                      "fm.cache_dir", "fm.feature_batch_size"}
-# Keys added to the config after runs had been written, with the value their absence
-# meant: a config.json without them resumes under a config holding these values.
-ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
-              "augment.blur.sigma_max": 1.5,
-              "fm.preset": "", "fm.weights": "", "fm.num_heads": 0, "fm.input_size": 0,
-              "fm.resize_method": "", "fm.feature": "", "fm.layer_decay": 0.75,
-              "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
-              "fm.feature_batch_size": 64, "fm.cache_dir": ""}
-
 
 # Below this much free space a failed write is put down to a full disk.
 LOW_SPACE_BYTES = 64 << 20
@@ -87,8 +78,9 @@ def write_failure_hint(error, directory: str, elsewhere: str = "pass another --w
 
 def config_differences(old: dict, new: dict) -> list:
   # Both configs as JSON stores them (tuples as lists), flattened to 'a.b' keys.
-  a, b = (traverse_util.flatten_dict(json.loads(json.dumps(c)), sep=".") for c in (old, new))
-  a = {**{k: v for k, v in ADDED_KEYS.items() if k not in a}, **a}
+  # The stored one with the keys it predates filled in (stored_config.ADDED_KEYS).
+  a, b = (traverse_util.flatten_dict(json.loads(json.dumps(c)), sep=".")
+          for c in (stored_config.upgrade(old), new))
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 

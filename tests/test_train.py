@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cellvit_jax import results, train
+from cellvit_jax import results as results_lib, train
 from conftest import REPO, tiny_config
 
 
@@ -34,7 +34,7 @@ def test_tiny_run_learns_and_writes_results(tiny_trained_run):
                                  "confusion_matrix"}
   assert stored["config"]["model"]["name"] == "customvit"
   assert stored["train_counts"] == {n: 128 for n in stored["train_counts"]}
-  assert "test accuracy" in results.summary_table(stored)
+  assert "test accuracy" in results_lib.summary_table(stored)
 
 
 def test_interrupted_run_resumes_and_finished_run_is_kept(tiny_data_dir, tmp_path):

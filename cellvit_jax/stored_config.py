@@ -1,0 +1,48 @@
+"""Configs as runs stored them (workdir/config.json), brought to today's config: the one place
+that knows how older versions' configs differ.
+
+A run written before a config field existed has no value for it. `ADDED_KEYS` says what its
+absence meant (e.g. no augment.blur: blur off), `upgrade` fills those in, and `over_defaults`
+lays the upgraded file over today's defaults, so every other field a newer version added
+takes its default. Resume checks (workdir.config_differences) and loading a finished run
+(restore.load_config) both go through here; code below them can rely on every field.
+"""
+import ml_collections
+from flax import traverse_util
+
+from cellvit_jax import default_config
+
+# Keys added to the config after runs had been written, with the value their absence meant:
+# a config.json without them resumes (and loads) under a config holding these values.
+ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
+              "augment.blur.sigma_max": 1.5,
+              "fm.preset": "", "fm.weights": "", "fm.num_heads": 0, "fm.input_size": 0,
+              "fm.resize_method": "", "fm.feature": "", "fm.layer_decay": 0.75,
+              "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
+              "fm.feature_batch_size": 64, "fm.cache_dir": ""}
+
+
+def upgrade(stored: dict) -> dict:
+  """A stored config (nested dicts, as JSON holds it) with the keys it predates filled in."""
+  flat = traverse_util.flatten_dict(stored, keep_empty_nodes=True, sep=".")
+  for key, value in ADDED_KEYS.items():
+    flat.setdefault(key, value)
+  return traverse_util.unflatten_dict(flat, sep=".")
+
+
+def over_defaults(stored: dict) -> ml_collections.ConfigDict:
+  """Today's default config with the (upgraded) stored values laid over it."""
+  config = default_config.get_config()
+  config.unlock()
+
+  def merge(node, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      elif isinstance(value, dict):
+        node[key] = ml_collections.ConfigDict(value)
+      else:
+        node[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, upgrade(stored))
+  return config
