@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cellvit_jax import logistic, main, parallel, probe
+from cellvit_jax import config_file, logistic, parallel, probe
 from cellvit_jax.data import pipeline
 from cellvit_jax.models import foundation
 from cellvit_jax.ops import normalize
@@ -83,7 +83,7 @@ def main_(args):
     weights = foundation.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
                                     depth=args.depth, heads=max(1, args.hidden // 64),
                                     image_size=224, patch_size=16)
-    config = main.load_config_file("configs/fm.py:phikon,probe")
+    config = config_file.load("configs/fm.py:phikon,probe")
     config.fm.weights = weights
     model = foundation.build(config, 0)
     mesh = parallel.make_mesh()

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from cellvit_jax import main as cellvit_main
+from cellvit_jax import config_file
 from cellvit_jax import models, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
 from cellvit_jax.models import foundation
@@ -57,7 +57,7 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {a.preset} "
         f"({hidden}x{depth}, patch {patch}, {image}x{image}), batch {a.batch}", flush=True)
   for dtype in a.dtype.split(","):
-    config = cellvit_main.load_config_file(f"configs/fm.py:{a.preset},finetune")
+    config = config_file.load(f"configs/fm.py:{a.preset},finetune")
     config.fm.weights = weights
     config.model.dtype = dtype
     model = models.from_config(config, 4)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax import main as cellvit_main
+from cellvit_jax import config_file
 from cellvit_jax import models, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
 
@@ -41,7 +41,7 @@ IMAGE_SIZE = 40
 
 
 def load(model_name: str):
-  return cellvit_main.load_config_file(os.path.join("configs", f"{model_name}.py"))
+  return config_file.load(os.path.join("configs", f"{model_name}.py"))
 
 
 def matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:

@@ -85,9 +85,6 @@ def quiet_library_logs():
   logging.set_verbosity(logging.INFO)
 
 
-load_config_file = config_file.load  # configs/x.py[:arg] -> its get_config(arg)
-
-
 def _check_config_file(argv):
   for arg in argv:
     if arg.startswith("--config="):
@@ -104,7 +101,7 @@ def _unknown_override(argv):
   if not config_args:
     return None
   try:
-    config = load_config_file(config_args[-1].split("=", 1)[1])
+    config = config_file.load(config_args[-1].split("=", 1)[1])
   except Exception:  # the config file itself is broken: the original error says more
     return None
   for arg in argv:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax import feature_cache, main
+from cellvit_jax import config_file, feature_cache, main
 from cellvit_jax.models import convert, fm_weights, foundation
 from conftest import REPO
 
@@ -21,7 +21,7 @@ def weights(tmp_path_factory):
 
 
 def _config(spec, weights_dir, **fm):
-  config = main.load_config_file(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   config.fm.weights = weights_dir
   for k, v in fm.items():
     config.fm[k] = v

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import main, probe, restore
+from cellvit_jax import config_file, main, probe, restore
 from cellvit_jax.data import pipeline
 from cellvit_jax.models import fm_weights, foundation
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
@@ -32,7 +32,7 @@ def fm_overrides(data_dir, weights, cache_dir, **extra):
 
 
 def fm_config(spec, data_dir, weights, cache_dir, **extra):
-  config = main.load_config_file(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   return apply_overrides(config, fm_overrides(data_dir, weights, cache_dir, **extra))
 
 
@@ -147,7 +147,7 @@ def test_probe_head_reproduces_probe_metrics_through_load_run(probe_run):
 def test_blur_mode_runs_on_fm_runs(which, request, tmp_path):
   run_dir = request.getfixturevalue(which)
   run_dir = run_dir if isinstance(run_dir, str) else run_dir[0]
-  config = main.load_config_file(os.path.join(REPO, "configs", "blur.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "blur.py"))
   config.blur.run = run_dir
   config.blur.sigmas = (0.0, 1.5)
   main.run(config, str(tmp_path / "blur"))

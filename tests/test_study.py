@@ -1,5 +1,6 @@
 """mode=study end to end (tiny grid: 2 models x 2 FlagLimits x 1 seed), resume, and the report."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -98,9 +99,13 @@ def test_grid_order_workers_and_validation(tiny_data_dir, tmp_path):
   mine = [study_grid.mine(cells, (k, 3)) for k in range(3)]
   assert sorted(c.index for m in mine for c in m) == list(range(12))  # a partition
   assert cells[0].workdir("/s") == "/s/runs/customvit/fl256/seed0"
-  config = study_grid.cell_config(cells[3], s, REPO)
+  config = study_grid.cell_config(cells[3], s)
   assert (config.dataset.flaglimit, config.seed, config.model.kwargs.width) == (256, 1, 8)
   assert config.dataset.name == "synthetic_cells_tiny"
+  missing = dataclasses.replace(cells[0], spec="configs/nope.py:x")
+  with pytest.raises(ValueError, match=r"study row 'customvit': config file 'configs/nope.py'.*"
+                     r"looked at /.*configs/nope.py"):
+    study_grid.cell_config(missing, s)
   for bad in ("3/3", "a/2", "1"):
     with pytest.raises(ValueError, match="k/n"):
       study_grid.parse_worker(bad)

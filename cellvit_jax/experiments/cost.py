@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax import models, steps
+from cellvit_jax import config_file, models, steps
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.ops import normalize
 
@@ -132,14 +132,13 @@ def replace_block(path: str, text: str, markers=(BLOCK_START, BLOCK_END)):
 def main(argv):
   del argv
   from absl import flags
-  from cellvit_jax import main as cellvit_main
   f = flags.FLAGS
   specs = f.configs or [os.path.join("configs", f"{n}.py") for n in MODEL_CONFIGS]
   rows = []
   for spec in specs:
     if not os.path.isfile(spec.partition(":")[0]):
       raise SystemExit(f"error: config file {spec!r} not found (--configs takes configs/*.py paths)")
-    row = config_cost(cellvit_main.load_config_file(spec),
+    row = config_cost(config_file.load(spec),
                       batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
     print(json.dumps(row), flush=True)
     rows.append(row)

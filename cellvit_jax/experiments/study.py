@@ -37,7 +37,6 @@ from cellvit_jax import restore, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import blur_study, cost, study_grid
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARALLEL = ("data", "cells")
 
 
@@ -109,7 +108,7 @@ def check(config, modes) -> list:
     if cell.row in seen:
       continue
     seen.add(cell.row)
-    row_config = study_grid.cell_config(cell, study, REPO)
+    row_config = study_grid.cell_config(cell, study)
     mode = row_config.get("mode", "train")
     if mode not in modes:
       raise ValueError(f"study row {cell.row!r} ({cell.spec}) has mode {mode!r}, which this "
@@ -148,7 +147,7 @@ def run_cell(cell, config, study_dir, modes) -> bool:
   """Trains (or resumes) one cell, then its blur study; True when the cell is finished."""
   study = config.study
   workdir = cell.workdir(study_dir)
-  cell_config = study_grid.cell_config(cell, study, REPO)
+  cell_config = study_grid.cell_config(cell, study)
   mode = cell_config.get("mode", "train")
   logging.info("study cell %d: %s FlagLimit %d seed %d (%s, mode=%s) -> %s", cell.index, cell.row,
                cell.flaglimit, cell.seed, cell.spec, mode, workdir)
