@@ -30,7 +30,7 @@ import optax
 
 from cellvit_jax import config_file, logistic, parallel, probe
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny, foundation
 from cellvit_jax.ops import normalize
 
 
@@ -80,7 +80,7 @@ def main_(args):
                     rng.integers(0, classes, n).astype(np.int32))
   (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = make(args.train), make(args.eval), make(args.eval)
   with tempfile.TemporaryDirectory() as tmp:
-    weights = foundation.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
+    weights = fm_tiny.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
                                     depth=args.depth, heads=max(1, args.hidden // 64),
                                     image_size=224, patch_size=16)
     config = config_file.load("configs/fm.py:phikon,probe")

@@ -4,7 +4,7 @@
         [--dtype=float32,bfloat16] [--repeats=5] [--steps=10]
 
 The backbone is a random checkpoint of the preset's published size (phikon: ViT-B/16 at
-224, written by models.foundation.write_tiny with the full dimensions), so no weights are
+224, written by models.fm_tiny.write_tiny with the full dimensions), so no weights are
 needed: the speed does not depend on the values. The step is the library's own
 (steps.make_steps on models.from_config of configs/fm.py:<preset>,finetune: uint8 40x40
 batch -> flips/rot90 -> resize to 224 -> normalise -> backbone -> head -> loss -> clip +
@@ -26,7 +26,7 @@ import numpy as np
 from cellvit_jax import config_file
 from cellvit_jax import models, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny
 from benchmarks.train_step import matmul_flops_per_sec
 
 # Published sizes (hidden, depth, heads, image, patch) of the presets' backbones.
@@ -46,7 +46,7 @@ def main():
   a = p.parse_args()
   hidden, depth, heads, image, patch = SIZES[a.preset]
   weights = tempfile.mkdtemp(prefix=f"fm_{a.preset}_")
-  foundation.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
+  fm_tiny.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
                         image_size=image, patch_size=patch)
   mesh = parallel.make_mesh()
   n = a.matmul or (2048 if jax.devices()[0].platform == "cpu" else 8192)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from cellvit_jax import config_file, feature_cache, main
-from cellvit_jax.models import convert, fm_weights, foundation
+from cellvit_jax.models import convert, fm_tiny, fm_weights, foundation
 from conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
   base = tmp_path_factory.mktemp("fm_weights")
-  return {p: foundation.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
+  return {p: fm_tiny.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
 
 
 def _config(spec, weights_dir, **fm):
@@ -60,7 +60,7 @@ def test_truncated_safetensors(weights, tmp_path):
 def test_checkpoint_with_another_hidden_size(weights, tmp_path):
   bad = str(tmp_path / "mixed")
   shutil.copytree(weights["phikon"], bad)
-  other = foundation.write_tiny("phikon", str(tmp_path / "wide"), hidden=48)
+  other = fm_tiny.write_tiny("phikon", str(tmp_path / "wide"), hidden=48)
   shutil.copy(os.path.join(other, "model.safetensors"), os.path.join(bad, "model.safetensors"))
   config = _config("phikon,probe", bad)
   model = foundation.build(config, 0)  # config.json says hidden 32
@@ -161,7 +161,7 @@ def test_main_prints_one_error_line_and_writes_nothing(weights, tmp_path):
 
 
 def test_register_checkpoint_under_a_plain_preset_names_the_register_presets(tmp_path):
-  w = foundation.write_tiny("virchow2", str(tmp_path / "v2"))
+  w = fm_tiny.write_tiny("virchow2", str(tmp_path / "v2"))
   with pytest.raises(ValueError, match=r"holds a 'dinov2_registers' checkpoint \(timm\) but "
                                        r"config.fm.preset='uni' expects 'dinov2'.*"
                                        r"--config.fm.preset=uni2 \| virchow2 \| hoptimus0$"):

@@ -10,13 +10,13 @@ import pytest
 import fixtures
 from cellvit_jax import config_file, main
 from cellvit_jax.experiments import predict, report, study
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny
 from conftest import REPO
 from study_helpers import tiny_study_config
 
 
 def test_fm_probe_and_finetune_rows(tiny_data_dir, tmp_path):
-  weights = foundation.write_tiny("phikon", str(tmp_path / "phikon"))
+  weights = fm_tiny.write_tiny("phikon", str(tmp_path / "phikon"))
   fm_set = {"fm": {"weights": weights, "cache_dir": str(tmp_path / "cache"),
                    "feature_batch_size": 32, "probe_max_steps": 100}}
   config = tiny_study_config(tiny_data_dir, flaglimits=(32,))
