@@ -15,16 +15,15 @@ matmul of the same dtype measured in the same run (train_step.matmul_flops_per_s
 Prints one comparable line per dtype:
   fm_train_step <preset> <dtype>: X img/s, Y TFLOP/s, fraction of measured matmul peak = F
 """
-import argparse
 import os
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
-from cellvit_jax import config_file
-from cellvit_jax import models, parallel, steps
+from cellvit_jax import config_file, models, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
 from cellvit_jax.models import fm_tiny
 from benchmarks.train_step import matmul_flops_per_sec
@@ -33,21 +32,23 @@ from benchmarks.train_step import matmul_flops_per_sec
 SIZES = {"phikon": (768, 12, 12, 224, 16), "uni": (1024, 24, 16, 224, 16),
          "plip": (768, 12, 12, 224, 32)}
 
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "phikon", sorted(SIZES), "Preset whose published size to build.")
+flags.DEFINE_integer("batch", 64, "Batch size.")
+flags.DEFINE_string("dtype", "float32,bfloat16", "Comma list of compute dtypes.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats.")
+flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
+flags.DEFINE_integer("matmul", 0, "Matmul side for the peak (0: 8192 on an accelerator, 2048 "
+                     "on CPU).")
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="phikon", choices=sorted(SIZES))
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--dtype", default="float32,bfloat16")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
-  p.add_argument("--matmul", type=int, default=0, help="matmul side for the peak (0: 8192 on "
-                 "an accelerator, 2048 on CPU)")
-  a = p.parse_args()
+
+def main(argv):
+  del argv
+  a = FLAGS
   hidden, depth, heads, image, patch = SIZES[a.preset]
   weights = tempfile.mkdtemp(prefix=f"fm_{a.preset}_")
   fm_tiny.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
-                        image_size=image, patch_size=patch)
+                     image_size=image, patch_size=patch)
   mesh = parallel.make_mesh()
   n = a.matmul or (2048 if jax.devices()[0].platform == "cpu" else 8192)
   rng = np.random.default_rng(0)
@@ -84,4 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

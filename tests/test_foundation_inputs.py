@@ -208,3 +208,19 @@ def test_unknown_preset_on_the_command_line_is_one_clear_line():
   assert "Traceback" not in line and line.endswith(
       "ValueError: unknown config.fm.preset 'virchow'; valid presets: gigapath, hoptimus0, "
       "phikon, phikon2, plip, uni, uni2, virchow2")
+
+
+def test_convert_cli_writes_a_transformers_dir_and_names_a_bad_format(weights, tmp_path):
+  def convert_cli(*flags):
+    return subprocess.run([sys.executable, "-m", "cellvit_jax.models.convert", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": REPO})
+  out = convert_cli("--from=timm", f"--input={weights['uni']}", f"--output={tmp_path / 'hf'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "wrote" in out.stdout and "Dinov2Model hidden 32, 2 layers, 2 heads" in out.stdout
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["architectures"] == ["Dinov2Model"]
+  bad = convert_cli("--from=hf", f"--input={weights['uni']}", f"--output={tmp_path / 'bad'}")
+  assert bad.returncode == 2 and not (tmp_path / "bad").exists()
+  assert bad.stderr.strip().splitlines()[-1] == ("error: --from='hf' is not supported; the "
+                                                  "converter reads --from=timm")
