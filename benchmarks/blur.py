@@ -21,14 +21,21 @@ the variants interleaved round by round.  Prints two comparable lines:
 
   python -m benchmarks.blur [--part all|ops|eval_step] [--repeats 10] [--skip-conv]
 """
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from cellvit_jax.ops import blur
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("part", "all", ["all", "ops", "eval_step"], "Which part to time.")
+flags.DEFINE_integer("repeats", 10, "ops: timed calls per case.")
+flags.DEFINE_bool("skip-conv", False, "ops: skip method 'conv' (slow on XLA:CPU).")
+flags.DEFINE_integer("batches", 4, "eval_step: batches per round.")
+flags.DEFINE_integer("rounds", 3, "eval_step: rounds per variant.")
 
 CASES = (  # (batch shape, max sigma): 40 px patches, and 224 px after the resize (x 224/40)
     ((256, 40, 40, 3), 3.0),
@@ -55,7 +62,7 @@ def ops_benchmark(args):
     base = median_ms(jax.jit(to_float), (x,), args.repeats)
     print(f"{shape} max_sigma {max_sigma:.1f} (radius {blur.static_radius(max_sigma)}): "
           f"no blur {base:.2f} ms")
-    for method in ("matmul",) if args.skip_conv else ("matmul", "conv"):
+    for method in ("matmul",) if args["skip-conv"].value else ("matmul", "conv"):
       per_sample = jax.jit(lambda x, s, m=method: blur.gaussian_blur(
           to_float(x), s, max_sigma=max_sigma, method=m))
       scalar = jax.jit(lambda x, m=method: blur.gaussian_blur(to_float(x), max_sigma, method=m))
@@ -80,17 +87,17 @@ def _scipy_blur_batch(batch, truncate=3.0):
 def eval_step_benchmark(args):
   import grain
 
-  from cellvit_jax import models, parallel, restore, steps
+  from cellvit_jax import config_file, models, optimizer, parallel, restore, steps
   from cellvit_jax.data import datasets
   from cellvit_jax.experiments import blur_study
-  from configs import customvit
+  from cellvit_jax.models import dtypes
 
   batch_size, max_sigma, num_classes = 256, 3.0, 4
-  config = customvit.get_config()
+  config = config_file.load("configs/customvit.py")
   mesh = parallel.make_mesh()
   model = models.build(config.model.name, num_classes,
-                       dtype=steps.compute_dtype(config.model.dtype), **config.model.kwargs)
-  tx, schedule = steps.make_optimizer(config, total_steps=100, steps_per_epoch=10)
+                       dtype=dtypes.compute_dtype(config.model.dtype), **config.model.kwargs)
+  tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=100, steps_per_epoch=10)
   state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
   _, plain_step = steps.make_steps(model, config, schedule, mesh)
   dataset = datasets.CellDataset(name="bench", path="", meta={
@@ -152,14 +159,9 @@ def eval_step_benchmark(args):
         f"(scipy alone {scipy_ms:.1f} ms/batch) {where}")
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--part", choices=("all", "ops", "eval_step"), default="all")
-  parser.add_argument("--repeats", type=int, default=10, help="ops: timed calls per case")
-  parser.add_argument("--skip-conv", action="store_true", help="ops: conv is slow on XLA:CPU")
-  parser.add_argument("--batches", type=int, default=4, help="eval_step: batches per round")
-  parser.add_argument("--rounds", type=int, default=3, help="eval_step: rounds per variant")
-  args = parser.parse_args()
+def main(argv):
+  del argv
+  args = FLAGS
   print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
   if args.part in ("all", "ops"):
     ops_benchmark(args)
@@ -168,4 +170,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -18,7 +18,6 @@ Prints one comparable line:
 
   python -m benchmarks.fm_probe [--epochs 15] [--train 512] [--hidden 192] [--depth 4]
 """
-import argparse
 import os
 import tempfile
 import time
@@ -27,11 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
-from cellvit_jax import logistic, main, parallel, probe
+from cellvit_jax import config_file, logistic, parallel, probe
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny, foundation
 from cellvit_jax.ops import normalize
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("epochs", 15, "Baseline: epochs of the linear head (the default run's).")
+flags.DEFINE_integer("train", 512, "Training patches.")
+flags.DEFINE_integer("eval", 256, "Validation patches, and as many test patches.")
+flags.DEFINE_integer("batch", 64, "Batch size of both.")
+flags.DEFINE_integer("hidden", 192, "Width of the random phikon-family ViT.")
+flags.DEFINE_integer("depth", 4, "Depth of the random phikon-family ViT.")
 
 
 def baseline(model, params, mesh, images, labels, evals, epochs, batch, num_classes):
@@ -73,17 +81,19 @@ def baseline(model, params, mesh, images, labels, evals, epochs, batch, num_clas
   return time.perf_counter() - t
 
 
-def main_(args):
+def main(argv):
+  del argv
+  args = FLAGS
   rng = np.random.default_rng(0)
   classes = 4
   make = lambda n: (rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8),
                     rng.integers(0, classes, n).astype(np.int32))
   (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = make(args.train), make(args.eval), make(args.eval)
   with tempfile.TemporaryDirectory() as tmp:
-    weights = foundation.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
-                                    depth=args.depth, heads=max(1, args.hidden // 64),
-                                    image_size=224, patch_size=16)
-    config = main.load_config_file("configs/fm.py:phikon,probe")
+    weights = fm_tiny.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
+                                 depth=args.depth, heads=max(1, args.hidden // 64),
+                                 image_size=224, patch_size=16)
+    config = config_file.load("configs/fm.py:phikon,probe")
     config.fm.weights = weights
     model = foundation.build(config, 0)
     mesh = parallel.make_mesh()
@@ -115,11 +125,4 @@ def main_(args):
 
 
 if __name__ == "__main__":
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--epochs", type=int, default=15)
-  p.add_argument("--train", type=int, default=512)
-  p.add_argument("--eval", type=int, default=256)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--hidden", type=int, default=192)
-  p.add_argument("--depth", type=int, default=4)
-  main_(p.parse_args())
+  app.run(main)

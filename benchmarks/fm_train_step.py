@@ -4,7 +4,7 @@
         [--dtype=float32,bfloat16] [--repeats=5] [--steps=10]
 
 The backbone is a random checkpoint of the preset's published size (phikon: ViT-B/16 at
-224, written by models.foundation.write_tiny with the full dimensions), so no weights are
+224, written by models.fm_tiny.write_tiny with the full dimensions), so no weights are
 needed: the speed does not depend on the values. The step is the library's own
 (steps.make_steps on models.from_config of configs/fm.py:<preset>,finetune: uint8 40x40
 batch -> flips/rot90 -> resize to 224 -> normalise -> backbone -> head -> loss -> clip +
@@ -15,39 +15,40 @@ matmul of the same dtype measured in the same run (train_step.matmul_flops_per_s
 Prints one comparable line per dtype:
   fm_train_step <preset> <dtype>: X img/s, Y TFLOP/s, fraction of measured matmul peak = F
 """
-import argparse
 import os
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
-from cellvit_jax import main as cellvit_main
-from cellvit_jax import models, parallel, steps
+from cellvit_jax import config_file, models, optimizer, parallel, steps
 from cellvit_jax.experiments.cost import xla_flops
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny
 from benchmarks.train_step import matmul_flops_per_sec
 
 # Published sizes (hidden, depth, heads, image, patch) of the presets' backbones.
 SIZES = {"phikon": (768, 12, 12, 224, 16), "uni": (1024, 24, 16, 224, 16),
          "plip": (768, 12, 12, 224, 32)}
 
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "phikon", sorted(SIZES), "Preset whose published size to build.")
+flags.DEFINE_integer("batch", 64, "Batch size.")
+flags.DEFINE_string("dtype", "float32,bfloat16", "Comma list of compute dtypes.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats.")
+flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
+flags.DEFINE_integer("matmul", 0, "Matmul side for the peak (0: 8192 on an accelerator, 2048 "
+                     "on CPU).")
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="phikon", choices=sorted(SIZES))
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--dtype", default="float32,bfloat16")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
-  p.add_argument("--matmul", type=int, default=0, help="matmul side for the peak (0: 8192 on "
-                 "an accelerator, 2048 on CPU)")
-  a = p.parse_args()
+
+def main(argv):
+  del argv
+  a = FLAGS
   hidden, depth, heads, image, patch = SIZES[a.preset]
   weights = tempfile.mkdtemp(prefix=f"fm_{a.preset}_")
-  foundation.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
-                        image_size=image, patch_size=patch)
+  fm_tiny.write_tiny(a.preset, weights, hidden=hidden, depth=depth, heads=heads,
+                     image_size=image, patch_size=patch)
   mesh = parallel.make_mesh()
   n = a.matmul or (2048 if jax.devices()[0].platform == "cpu" else 8192)
   rng = np.random.default_rng(0)
@@ -57,11 +58,11 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {a.preset} "
         f"({hidden}x{depth}, patch {patch}, {image}x{image}), batch {a.batch}", flush=True)
   for dtype in a.dtype.split(","):
-    config = cellvit_main.load_config_file(f"configs/fm.py:{a.preset},finetune")
+    config = config_file.load(f"configs/fm.py:{a.preset},finetune")
     config.fm.weights = weights
     config.model.dtype = dtype
     model = models.from_config(config, 4)
-    tx, schedule = steps.make_optimizer(config, 1000, 100)
+    tx, schedule = optimizer.make_optimizer(config.optim, model, 1000, 100)
     state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
     train_step, _ = steps.make_steps(model, config, schedule, mesh)
     flops = xla_flops(train_step.lower(state, batch, jax.random.key(0)).compile())
@@ -84,4 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

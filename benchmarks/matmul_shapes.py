@@ -10,13 +10,16 @@ shape is timed as a jitted jnp.matmul / einsum and as torch.matmul on the same d
 two interleaved per repeat; the 2048 square matmul is the reference. Prints GFLOP/s and
 the JAX/torch ratio per shape.
 """
-import argparse
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("repeats", 5, "Timed calls per shape and library (interleaved).")
 
 T = 256 * 101  # tokens in a batch of 256
 SHAPES = {  # name: (lhs shape, rhs shape, einsum)
@@ -47,11 +50,10 @@ def timed(fn, repeats=3):
   return float(np.median(t))
 
 
-def main():
-  import torch
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args()
+def main(argv):
+  del argv
+  import torch  # the comparison library, needed only here
+  args = FLAGS
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   rng = np.random.default_rng(0)
   for dname, jd, td in (("float32", jnp.float32, torch.float32), ("bfloat16", jnp.bfloat16, torch.bfloat16)):
@@ -71,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -13,7 +13,6 @@ pass, norms of the optimizer), 'elementwise' for the rest (GELU, Adam, transpose
 Prints the share of each class and the top ops with their output shapes. The trace itself
 stays in --logdir for TensorBoard / Perfetto.
 """
-import argparse
 import collections
 import glob
 import gzip
@@ -22,9 +21,18 @@ import os
 import re
 
 import jax
+from absl import app, flags
 
 from benchmarks import train_step
 from cellvit_jax import parallel
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "customvit", "Registry model name (configs/<model>.py).")
+flags.DEFINE_string("dtype", "float32", "Compute dtype of the step.")
+flags.DEFINE_integer("batch", 256, "Batch size.")
+flags.DEFINE_integer("steps", 2, "Train steps traced.")
+flags.DEFINE_integer("top", 15, "How many of the slowest ops to list.")
+flags.DEFINE_string("logdir", "/tmp/cellvit_profile", "Where the profiler trace is written.")
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
@@ -85,15 +93,9 @@ def largest_array(shape: str) -> int:
   return max(sizes)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="customvit")
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=2)
-  parser.add_argument("--top", type=int, default=15)
-  parser.add_argument("--logdir", default="/tmp/cellvit_profile")
-  args = parser.parse_args()
+def main(argv):
+  del argv
+  args = FLAGS
 
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   mesh = parallel.make_mesh()
@@ -143,4 +145,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

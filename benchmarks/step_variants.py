@@ -14,7 +14,6 @@ the median ratio to 'library'. Variants:
   flat_optim     the optimiser wrapped in optax.flatten (one update over one flat vector
                  instead of one per parameter array; changes the opt_state layout).
 """
-import argparse
 import os
 
 import flax.linen as nn
@@ -22,10 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from benchmarks import train_step
-from cellvit_jax import parallel, steps
+from cellvit_jax import optimizer, parallel, steps
 from cellvit_jax.models import layers
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dtype", "float32", "Compute dtype of the step.")
+flags.DEFINE_integer("repeats", 6, "Timed steps per variant (interleaved).")
+flags.DEFINE_string("variants", "library,scale_q,heads_major,dpa,droppath_mul,flat_optim",
+                    "Comma list of variants to time.")
 
 
 def _qkv(self, x):
@@ -83,27 +89,24 @@ DropPathMul = type("DropPathMul", (layers.DropPath,), {"__call__": droppath_mul}
 
 
 def build(variant: str, dtype: str, mesh):
-  attn, drop, make_opt = layers.SelfAttention, layers.DropPath, steps.make_optimizer
+  attn, drop, make_opt = layers.SelfAttention, layers.DropPath, optimizer.make_optimizer
   try:
     if variant in ATTENTION:
       layers.SelfAttention = ATTENTION[variant]
     elif variant == "droppath_mul":
       layers.DropPath = DropPathMul
     elif variant == "flat_optim":
-      steps.make_optimizer = lambda *a, **k: (lambda tx, s: (optax.flatten(tx), s))(*make_opt(*a, **k))
+      optimizer.make_optimizer = lambda *a, **k: (lambda tx, s: (optax.flatten(tx), s))(*make_opt(*a, **k))
     elif variant != "library":
       raise ValueError(f"unknown variant {variant!r}")
     return train_step.jax_variant("customvit", dtype, 256, mesh)[0]  # traced and compiled here
   finally:
-    layers.SelfAttention, layers.DropPath, steps.make_optimizer = attn, drop, make_opt
+    layers.SelfAttention, layers.DropPath, optimizer.make_optimizer = attn, drop, make_opt
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--repeats", type=int, default=6)
-  parser.add_argument("--variants", default="library,scale_q,heads_major,dpa,droppath_mul,flat_optim")
-  args = parser.parse_args()
+def main(argv):
+  del argv
+  args = FLAGS
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   mesh = parallel.make_mesh()
   runs = {v: build(v, args.dtype, mesh) for v in args.variants.split(",")}
@@ -120,4 +123,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

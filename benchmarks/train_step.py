@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax import main as cellvit_main
-from cellvit_jax import models, parallel, steps
+from cellvit_jax import config_file
+from cellvit_jax import models, optimizer, parallel, steps
+from cellvit_jax.models import dtypes as dtypes_lib
 from cellvit_jax.experiments.cost import xla_flops
 
 NUM_CLASSES = 4
@@ -41,7 +42,7 @@ IMAGE_SIZE = 40
 
 
 def load(model_name: str):
-  return cellvit_main.load_config_file(os.path.join("configs", f"{model_name}.py"))
+  return config_file.load(os.path.join("configs", f"{model_name}.py"))
 
 
 def matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:
@@ -73,8 +74,8 @@ def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compi
   """-> (run(n): seconds per step over n steps, XLA FLOPs per step, parameter count[, compiled])."""
   config = load(model_name)
   config.model.dtype = dtype
-  model = models.build(model_name, NUM_CLASSES, dtype=steps.compute_dtype(dtype), **config.model.kwargs)
-  tx, schedule = steps.make_optimizer(config, total_steps=10_000, steps_per_epoch=100)
+  model = models.build(model_name, NUM_CLASSES, dtype=dtypes_lib.compute_dtype(dtype), **config.model.kwargs)
+  tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=10_000, steps_per_epoch=100)
   train_step, _ = steps.make_steps(model, config, schedule, mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
@@ -176,7 +177,7 @@ def main():
 
   # Matmul peaks are timed inside every repeat, next to the steps, so that a load change on
   # this shared machine moves the step time and the peak it is divided by together.
-  peak_dtypes = {d: steps.compute_dtype(d) for d in dtypes}
+  peak_dtypes = {d: dtypes_lib.compute_dtype(d) for d in dtypes}
   for d, jd in peak_dtypes.items():
     print(f"jnp matmul {d} 4096 (reference, once): {matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
   times = {k: [] for k in variants}

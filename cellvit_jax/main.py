@@ -3,7 +3,6 @@
 Any config field can be overridden: --config.dataset.flaglimit=1024. The mode
 (config.mode) picks what runs.
 """
-import importlib.util
 import logging as logging_std
 import os
 import sys
@@ -11,7 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cellvit_jax import config_file, results as results_lib
+from cellvit_jax import config_file, parallel, probe, results as results_lib, train
+from cellvit_jax.experiments import blur_study, predict, study
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
@@ -22,7 +22,6 @@ FLAGS = flags.FLAGS
 
 
 def _train(config, workdir):
-  from cellvit_jax import train
   workdir = workdir or os.path.join("runs", config.model.name)
   results = train.train_and_evaluate(config, workdir)
   if results["finished"]:
@@ -39,7 +38,6 @@ def _finetune(config, workdir):
 
 def _probe(config, workdir):
   _require_fm(config)
-  from cellvit_jax import probe
   probe.run_mode(config, workdir or os.path.join("runs", f"{config.fm.preset}_probe"))
 
 
@@ -53,14 +51,11 @@ MODES = {
     "train": _train,
     "probe": _probe,
     "finetune": _finetune,
-    "blur": lambda config, workdir: importlib.import_module(
-        "cellvit_jax.experiments.blur_study").run_mode(config, workdir),
+    "blur": blur_study.run_mode,
     # A study runs its cells through this same table, so FM modes registered here become
     # study rows without the study knowing them.
-    "study": lambda config, workdir: importlib.import_module(
-        "cellvit_jax.experiments.study").run_mode(config, workdir, MODES),
-    "predict": lambda config, workdir: importlib.import_module(
-        "cellvit_jax.experiments.predict").run_mode(config, workdir),
+    "study": lambda config, workdir: study.run_mode(config, workdir, MODES),
+    "predict": predict.run_mode,
 }
 
 
@@ -85,9 +80,6 @@ def quiet_library_logs():
   logging.set_verbosity(logging.INFO)
 
 
-load_config_file = config_file.load  # configs/x.py[:arg] -> its get_config(arg)
-
-
 def _check_config_file(argv):
   for arg in argv:
     if arg.startswith("--config="):
@@ -104,7 +96,7 @@ def _unknown_override(argv):
   if not config_args:
     return None
   try:
-    config = load_config_file(config_args[-1].split("=", 1)[1])
+    config = config_file.load(config_args[-1].split("=", 1)[1])
   except Exception:  # the config file itself is broken: the original error says more
     return None
   for arg in argv:
@@ -142,7 +134,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.config is None:
     raise app.UsageError("pass --config=configs/<name>.py (e.g. configs/customvit.py)")
-  from cellvit_jax import parallel
   parallel.maybe_initialize_distributed()
   quiet_library_logs()
   try:

@@ -7,20 +7,13 @@ blur-robustness curve (mode=blur, configs/blur.py) with a run of configs/customv
   python -m cellvit_jax.main --config=configs/customvit_blur_aug.py --workdir=runs/customvit_blur_aug
   python -m cellvit_jax.main --config=configs/blur.py --config.blur.run=runs/customvit_blur_aug
 """
-import importlib.util
 import os
 
-
-def _customvit():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "customvit.py")
-  spec = importlib.util.spec_from_file_location("_cellvit_config_customvit", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cellvit_jax import config_file
 
 
 def get_config():
-  config = _customvit().get_config()
+  config = config_file.load("customvit.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
   config.augment.blur.prob = 0.5
   config.augment.blur.sigma_min = 0.0
   config.augment.blur.sigma_max = 1.5

@@ -11,7 +11,7 @@ or a local directory; mode
 probe (frozen features, cached once, multinomial logistic regression with L2 chosen on
 val) | finetune (the whole model, AdamW with layer-wise lr decay).  These FMs are our
 choice: the paper's are not public (docs/foundation_models.md).  No weights?  Write a
-tiny random checkpoint: python -m cellvit_jax.models.foundation --tiny=phikon --output=DIR.
+tiny random checkpoint: python -m cellvit_jax.models.fm_tiny --tiny=phikon --output=DIR.
 Default workdir: runs/<preset>_<mode>/.
 """
 from cellvit_jax import default_config as default

@@ -9,22 +9,16 @@ it fits a CPU), FlagLimit 256 and 512, one seed, 6 epochs, on `synthetic_cells_d
 embedded synthetic_cells recipe at 40 specimens x 400 cells.  About 10 minutes on 2 shared
 CPU cores.  The real grid is configs/study.py.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-from cellvit_jax import default_config
-
-# configs/study.py, found next to this file whatever the working directory.
-_spec = importlib.util.spec_from_file_location(
-    "_study_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.py"))
-_study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_study)
+from cellvit_jax import config_file, default_config
 
 
 def get_config():
-  config = _study.get_config()
+  # configs/study.py, found next to this file whatever the working directory.
+  config = config_file.load("study.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
   study = config.study
   study.models = ml_collections.ConfigDict({
       "customvit": {"config": "configs/customvit.py", "set": {}},

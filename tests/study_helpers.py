@@ -4,7 +4,7 @@ import os
 import ml_collections
 
 from conftest import REPO, TINY_SPEC
-from cellvit_jax.experiments import study_grid
+from cellvit_jax import config_file
 
 # Tiny versions of two rows: the per-model architecture overrides go in each row's `set`.
 TINY_ROWS = {
@@ -17,7 +17,7 @@ TINY_ROWS = {
 
 def tiny_study_config(data_dir, rows=("customvit", "resnet18"), flaglimits=(32, 64), seeds=(0,),
                       **study_fields):
-  config = study_grid.load_config_spec(os.path.join(REPO, "configs", "study.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "study.py"))
   config.study.models = ml_collections.ConfigDict({r: TINY_ROWS[r] for r in rows})
   config.study.flaglimits = tuple(flaglimits)
   config.study.seeds = tuple(seeds)

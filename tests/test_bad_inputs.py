@@ -251,9 +251,9 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   # The linear probe fits on the training split too: the same guard.
   from cellvit_jax import config_file, probe
-  from cellvit_jax.models import foundation
+  from cellvit_jax.models import fm_tiny
   fm = config_file.load(os.path.join(REPO, "configs", "fm.py:phikon,probe"))
-  fm.fm.weights = foundation.write_tiny("phikon", str(tmp_path / "phikon"))
+  fm.fm.weights = fm_tiny.write_tiny("phikon", str(tmp_path / "phikon"))
   fm.dataset.name, fm.dataset.data_dir = "leaky", data_dir
   with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split"):
     probe.train_probe(fm, str(tmp_path / "probe_run"))

@@ -14,8 +14,11 @@ DOCS = ["README.md", "docs/blur.md", "docs/foundation_models.md", "benchmarks/RE
         "benchmarks/FINDINGS.md"]
 
 # One interpreter for all (each start imports JAX): runpy.run_module is what `python -m` runs.
+# absl flags are process-wide and each benchmark defines its own (--batch, --repeats, ...), as
+# separate programs may: the flags one benchmark's file defined are removed before the next.
 HELP_ALL = textwrap.dedent("""
     import contextlib, io, runpy, sys, warnings
+    from absl import flags
     warnings.simplefilter("ignore", RuntimeWarning)  # runpy: a module already imported by another
     for name in sys.argv[1:]:
       sys.argv = [name, "--help"]
@@ -27,6 +30,11 @@ HELP_ALL = textwrap.dedent("""
       except SystemExit as e:
         code = e.code
       print("RESULT", name, code, "usage" in out.getvalue().lower() or name in out.getvalue())
+      for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if module.endswith(f"benchmarks/{name}.py"):
+          for flag in list(defined):
+            if flag.name in flags.FLAGS:
+              delattr(flags.FLAGS, flag.name)
 """)
 
 
@@ -39,7 +47,7 @@ def test_each_benchmark_shows_its_help_without_pythonpath():
   results = {l.split()[1]: l.split()[2:] for l in proc.stdout.splitlines() if l.startswith("RESULT")}
   assert sorted(results) == MODULES, proc.stderr[-3000:]
   for name, (code, shown) in results.items():
-    # argparse exits 0 after --help; absl (input_pipeline) exits 1 after printing it.
+    # argparse (train_step, record) exits 0 after --help; absl exits 1 after printing it.
     assert code in ("0", "1") and shown == "True", (name, code, shown)
 
 

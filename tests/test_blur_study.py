@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import main, models, restore, steps, train
+from cellvit_jax import config_file, main, models, restore, steps, train
 from cellvit_jax.experiments import blur_study
 from cellvit_jax.ops import augment, blur
 from conftest import REPO, apply_overrides, tiny_config, tiny_overrides
@@ -19,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _blur_config(run_dir, **blur):
-  config = main.load_config_file(os.path.join(REPO, "configs", "blur.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "blur.py"))
   config.blur.run = run_dir
   for k, v in blur.items():
     config.blur[k] = v
@@ -53,7 +53,7 @@ def test_preprocess_blur_augmentation_blurs_after_flips(tiny_data_dir):
 
 
 def test_blur_aug_config_trains(tiny_data_dir, tmp_path):
-  config = main.load_config_file(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
   assert config.augment.blur.prob > 0
   config = apply_overrides(config, tiny_overrides(tiny_data_dir, **{"train.epochs": 0.0,
                                                                      "train.steps": 2}))

@@ -1,4 +1,6 @@
 """experiments.cost: XLA FLOPs per image, parameter count and timing rows."""
+import json
+
 import pytest
 
 from cellvit_jax import default_config
@@ -40,3 +42,27 @@ def test_replace_block_rewrites_only_the_marked_table(tmp_path):
   with pytest.raises(ValueError, match="cost table: start"):
     cost.replace_block(str(plain), "| new |\n")
   assert plain.read_text() == "no markers\n"
+
+
+def test_config_model_reads_a_config_and_a_results_row_alike():
+  config = _config(1)
+  from_config = cost.config_model(config)
+  from_row = cost.config_model(config.to_dict())  # a results.json's `config`
+  assert from_config == from_row and from_config.depth == 1 and from_config.num_classes == 4
+
+
+def test_write_outputs_prints_and_writes_each_file(tmp_path, monkeypatch, capsys):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{cost.BLOCK_START}\nold\n{cost.BLOCK_END}\nrest\n")
+  monkeypatch.setattr("sys.argv", ["fm_cost", "--presets=plip", f"--update={readme}"])
+  rows = [{"model": "m", "gflops_per_image": 1.0}]
+  cost.write_outputs(rows, "| t |\n", program="cellvit_jax.experiments.fm_cost",
+                     output=str(tmp_path / "rows.json"), markdown=str(tmp_path / "t.md"),
+                     update=str(readme))
+  assert "| t |" in capsys.readouterr().out
+  assert json.loads((tmp_path / "rows.json").read_text()) == rows
+  assert (tmp_path / "t.md").read_text() == "| t |\n"
+  text = readme.read_text()
+  assert "| t |\nMade by `python -m cellvit_jax.experiments.fm_cost --presets=plip` on " in text
+  assert text.startswith("intro\n") and text.endswith(f"{cost.BLOCK_END}\nrest\n")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "rows.json", "t.md"]  # no temp

@@ -1,11 +1,13 @@
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from cellvit_jax import models
+from cellvit_jax import config_file, models
 from cellvit_jax.models import customvit
+from conftest import REPO
 
 # Default configs/customvit.py architecture, 4 classes (README model table).
 CUSTOMVIT_PARAMS = 371_548
@@ -17,12 +19,7 @@ def _params(model):
 
 
 def test_customvit_parameter_count():
-  import importlib.util, os
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "customvit.py")
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
+  config = config_file.load(os.path.join(REPO, "configs", "customvit.py"))
   model = models.build("customvit", 4, **config.model.kwargs)
   assert _params(model) == CUSTOMVIT_PARAMS
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny
 from conftest import REPO, as_flags
 from hub_server import FakeHub, Repo
 from test_foundation_modes import fm_overrides
@@ -33,9 +33,9 @@ def _files(directory):
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
   base = tmp_path_factory.mktemp("hub_src")
-  v2_old = _files(foundation.write_tiny("virchow2", str(base / "v2a"), seed=1))
-  v2_new = _files(foundation.write_tiny("virchow2", str(base / "v2b"), seed=2))
-  phikon = _files(foundation.write_tiny("phikon", str(base / "ph")))
+  v2_old = _files(fm_tiny.write_tiny("virchow2", str(base / "v2a"), seed=1))
+  v2_new = _files(fm_tiny.write_tiny("virchow2", str(base / "v2b"), seed=2))
+  phikon = _files(fm_tiny.write_tiny("phikon", str(base / "ph")))
   torch = pytest.importorskip("torch")
   from cellvit_jax.models import fm_weights
   state = fm_weights.read_safetensors(os.path.join(base / "v2a", "model.safetensors"))

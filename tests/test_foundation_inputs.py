@@ -9,19 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax import feature_cache, main
-from cellvit_jax.models import convert, fm_weights, foundation
+from cellvit_jax import config_file, feature_cache, main
+from cellvit_jax.models import convert, fm_tiny, fm_weights, foundation
 from conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
   base = tmp_path_factory.mktemp("fm_weights")
-  return {p: foundation.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
+  return {p: fm_tiny.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
 
 
 def _config(spec, weights_dir, **fm):
-  config = main.load_config_file(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   config.fm.weights = weights_dir
   for k, v in fm.items():
     config.fm[k] = v
@@ -60,7 +60,7 @@ def test_truncated_safetensors(weights, tmp_path):
 def test_checkpoint_with_another_hidden_size(weights, tmp_path):
   bad = str(tmp_path / "mixed")
   shutil.copytree(weights["phikon"], bad)
-  other = foundation.write_tiny("phikon", str(tmp_path / "wide"), hidden=48)
+  other = fm_tiny.write_tiny("phikon", str(tmp_path / "wide"), hidden=48)
   shutil.copy(os.path.join(other, "model.safetensors"), os.path.join(bad, "model.safetensors"))
   config = _config("phikon,probe", bad)
   model = foundation.build(config, 0)  # config.json says hidden 32
@@ -161,7 +161,7 @@ def test_main_prints_one_error_line_and_writes_nothing(weights, tmp_path):
 
 
 def test_register_checkpoint_under_a_plain_preset_names_the_register_presets(tmp_path):
-  w = foundation.write_tiny("virchow2", str(tmp_path / "v2"))
+  w = fm_tiny.write_tiny("virchow2", str(tmp_path / "v2"))
   with pytest.raises(ValueError, match=r"holds a 'dinov2_registers' checkpoint \(timm\) but "
                                        r"config.fm.preset='uni' expects 'dinov2'.*"
                                        r"--config.fm.preset=uni2 \| virchow2 \| hoptimus0$"):
@@ -208,3 +208,19 @@ def test_unknown_preset_on_the_command_line_is_one_clear_line():
   assert "Traceback" not in line and line.endswith(
       "ValueError: unknown config.fm.preset 'virchow'; valid presets: gigapath, hoptimus0, "
       "phikon, phikon2, plip, uni, uni2, virchow2")
+
+
+def test_convert_cli_writes_a_transformers_dir_and_names_a_bad_format(weights, tmp_path):
+  def convert_cli(*flags):
+    return subprocess.run([sys.executable, "-m", "cellvit_jax.models.convert", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": REPO})
+  out = convert_cli("--from=timm", f"--input={weights['uni']}", f"--output={tmp_path / 'hf'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "wrote" in out.stdout and "Dinov2Model hidden 32, 2 layers, 2 heads" in out.stdout
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["architectures"] == ["Dinov2Model"]
+  bad = convert_cli("--from=hf", f"--input={weights['uni']}", f"--output={tmp_path / 'bad'}")
+  assert bad.returncode == 2 and not (tmp_path / "bad").exists()
+  assert bad.stderr.strip().splitlines()[-1] == ("error: --from='hf' is not supported; the "
+                                                  "converter reads --from=timm")

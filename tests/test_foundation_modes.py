@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import main, optimizer, probe, restore
+from cellvit_jax import config_file, main, optimizer, probe, restore
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import fm_weights, foundation
+from cellvit_jax.models import fm_tiny, fm_weights, foundation
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
 
 
@@ -32,7 +32,7 @@ def fm_overrides(data_dir, weights, cache_dir, **extra):
 
 
 def fm_config(spec, data_dir, weights, cache_dir, **extra):
-  config = main.load_config_file(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   return apply_overrides(config, fm_overrides(data_dir, weights, cache_dir, **extra))
 
 
@@ -45,7 +45,7 @@ def _main(args, **kw):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
   base = tmp_path_factory.mktemp("fm_weights")
-  return {p: foundation.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
+  return {p: fm_tiny.write_tiny(p, str(base / p)) for p in ("phikon", "uni", "plip")}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def finetune_run(tiny_data_dir, weights, tmp_path_factory):
 
 def test_probe_through_main_with_tiny_cli_checkpoint(tiny_data_dir, tmp_path):
   w = str(tmp_path / "uni weights")
-  out = _main(["cellvit_jax.models.foundation", "--tiny=uni", f"--output={w}"])
+  out = _main(["cellvit_jax.models.fm_tiny", "--tiny=uni", f"--output={w}"])
   assert out.returncode == 0, out.stderr
   assert sorted(os.listdir(w)) == ["config.json", "model.safetensors"]  # timm, as UNI ships
   workdir = str(tmp_path / "run")
@@ -126,7 +126,7 @@ def test_feature_cache_hit_and_invalidation(tiny_data_dir, weights, tmp_path):
   other_limit = run("c", **{"dataset.flaglimit": 16})
   assert hits(other_limit) == {"train": False, "eval": True, "test": True}
   assert other_limit["train_examples"] == 64
-  reseeded = foundation.write_tiny("phikon", str(tmp_path / "w2"), seed=1)
+  reseeded = fm_tiny.write_tiny("phikon", str(tmp_path / "w2"), seed=1)
   assert hits(run("d", w=reseeded)) == {"train": False, "eval": False, "test": False}
   entries = [f for _, _, fs in os.walk(cache) for f in fs]
   assert len(entries) == 7 and not any(f.startswith(".tmp") for f in entries)
@@ -147,7 +147,7 @@ def test_probe_head_reproduces_probe_metrics_through_load_run(probe_run):
 def test_blur_mode_runs_on_fm_runs(which, request, tmp_path):
   run_dir = request.getfixturevalue(which)
   run_dir = run_dir if isinstance(run_dir, str) else run_dir[0]
-  config = main.load_config_file(os.path.join(REPO, "configs", "blur.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "blur.py"))
   config.blur.run = run_dir
   config.blur.sigmas = (0.0, 1.5)
   main.run(config, str(tmp_path / "blur"))

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from cellvit_jax.models import convert, fm_presets, fm_weights, foundation  # noqa: E402
+from cellvit_jax.models import convert, fm_presets, fm_tiny, fm_weights, foundation  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 TOL = 1e-4
@@ -91,7 +91,7 @@ def images():
 
 def test_phikon_matches_transformers_vit(tmp_path, images):
   from transformers import ViTModel
-  weights = foundation.write_tiny("phikon", str(tmp_path / "phikon"))
+  weights = fm_tiny.write_tiny("phikon", str(tmp_path / "phikon"))
   ref = ViTModel.from_pretrained(weights, add_pooling_layer=False).eval()
   with torch.no_grad():
     out = ref(pixel_values=_pixels("phikon", images))
@@ -105,7 +105,7 @@ def test_phikon_matches_transformers_vit(tmp_path, images):
 
 def test_plip_matches_transformers_clip_vision(tmp_path, images):
   from transformers import CLIPVisionModel
-  weights = foundation.write_tiny("plip", str(tmp_path / "plip"))
+  weights = fm_tiny.write_tiny("plip", str(tmp_path / "plip"))
   ref = CLIPVisionModel.from_pretrained(weights).eval()
   with torch.no_grad():
     out = ref(pixel_values=_pixels("plip", images))
@@ -121,7 +121,7 @@ def test_plip_matches_transformers_clip_vision(tmp_path, images):
 
 def test_uni_timm_checkpoint_matches_timm_forward_and_converted_dinov2(tmp_path, images):
   from transformers import Dinov2Model
-  timm_dir = foundation.write_tiny("uni", str(tmp_path / "uni_timm"))
+  timm_dir = fm_tiny.write_tiny("uni", str(tmp_path / "uni_timm"))
   state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
   assert convert.looks_like_timm(state) and "blocks.1.ls2.gamma" in state
   with torch.no_grad():
@@ -141,7 +141,7 @@ def test_uni_timm_checkpoint_matches_timm_forward_and_converted_dinov2(tmp_path,
 
 
 def test_converter_reads_a_pytorch_pickle_and_defaults_heads_to_width_64(tmp_path):
-  timm_dir = foundation.write_tiny("uni", str(tmp_path / "t"), hidden=128, heads=2)
+  timm_dir = fm_tiny.write_tiny("uni", str(tmp_path / "t"), hidden=128, heads=2)
   state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, str(tmp_path / "uni.bin"))
   arch = convert.convert("timm", str(tmp_path / "uni.bin"), str(tmp_path / "out"))
@@ -152,7 +152,7 @@ def test_converter_reads_a_pytorch_pickle_and_defaults_heads_to_width_64(tmp_pat
 def test_timm_vit_with_packed_swiglu_mlp_converts_exactly(tmp_path, images):
   """A Virchow-style timm ViT (SwiGLUPacked MLP) -> Dinov2Model with use_swiglu_ffn."""
   from transformers import Dinov2Model
-  timm_dir = foundation.write_tiny("uni", str(tmp_path / "swiglu"))
+  timm_dir = fm_tiny.write_tiny("uni", str(tmp_path / "swiglu"))
   path = os.path.join(timm_dir, "model.safetensors")
   state = fm_weights.read_safetensors(path)
   rng = np.random.default_rng(3)
@@ -184,7 +184,7 @@ def test_timm_layouts_match_timm_forward_and_transformers(preset, tmp_path, imag
   Dinov2WithRegistersModel / Dinov2Model on the converted directory."""
   import transformers
   layout = fm_presets.get(preset).tiny
-  timm_dir = foundation.write_tiny(preset, str(tmp_path / "timm"))
+  timm_dir = fm_tiny.write_tiny(preset, str(tmp_path / "timm"))
   state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
   registers = layout["registers"]
   assert ("reg_token" in state) == bool(registers)
@@ -236,7 +236,7 @@ def test_register_model_matches_transformers_at_patch_14(tmp_path):
 
 def test_phikon2_matches_transformers_dinov2(tmp_path, images):
   from transformers import Dinov2Model
-  weights = foundation.write_tiny("phikon2", str(tmp_path / "phikon2"))
+  weights = fm_tiny.write_tiny("phikon2", str(tmp_path / "phikon2"))
   ref = Dinov2Model.from_pretrained(weights).eval()
   with torch.no_grad():
     out = ref(pixel_values=_pixels("phikon2", images))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellvit_jax import main, restore
-from cellvit_jax.models import fm_presets, foundation
+from cellvit_jax.models import fm_presets, fm_tiny, foundation
 from test_foundation_modes import _main, fm_config, fm_overrides
 from conftest import as_flags
 
@@ -25,7 +25,7 @@ FINETUNE = [p if p in _FAST_FINETUNE else pytest.param(p, marks=pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
   base = tmp_path_factory.mktemp("fm_new")
-  return {p: foundation.write_tiny(p, str(base / p)) for p in NEW}
+  return {p: fm_tiny.write_tiny(p, str(base / p)) for p in NEW}
 
 
 @pytest.mark.parametrize("preset", PROBE)

@@ -8,7 +8,7 @@ windows), fewer channels and blocks.
 """
 import dataclasses
 import functools
-import importlib
+import os
 
 import flax.linen as nn
 import jax
@@ -17,9 +17,10 @@ import numpy as np
 import optax
 import pytest
 
-from cellvit_jax import models
+from cellvit_jax import config_file, models
 from cellvit_jax.models import layers
 from cellvit_jax.models import swin
+from conftest import REPO
 
 # 'params' collection of the default architecture at num_classes=4 (the paper's four
 # phenotypes, and synthetic_cells'), 40x40x3 input. Each figure is also in the model's module
@@ -132,7 +133,7 @@ def test_model(name):
 
 @pytest.mark.parametrize("name", models.names())
 def test_config_builds_its_model(name):
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = config_file.load(os.path.join(REPO, "configs", f"{name}.py"))
   assert config.model.name == name
   model = models.build(config.model.name, num_classes=4, **config.model.kwargs)  # rejects unknown kwargs
   assert type(model) is models.get_class(name)

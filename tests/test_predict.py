@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 import fixtures
-from cellvit_jax import restore
+from cellvit_jax import config_file, restore
 from cellvit_jax.data import patch_files, pipeline
 from cellvit_jax.experiments import predict
 from conftest import REPO
-from cellvit_jax.experiments.study_grid import load_config_spec
 
 
 def _read(path):
@@ -42,7 +41,7 @@ def test_folder(run, tmp_path_factory):
 
 def test_folder_predictions_match_evaluation(run, test_folder, tiny_trained_run, tmp_path):
   root, images, labels = test_folder
-  config = load_config_spec(os.path.join(REPO, "configs", "predict.py"))
+  config = config_file.load(os.path.join(REPO, "configs", "predict.py"))
   config.predict.run, config.predict.input, config.predict.batch_size = tiny_trained_run, root, 48
   path = predict.run_mode(config, str(tmp_path / "out"))
   rows = _read(path)

@@ -1,5 +1,6 @@
 """mode=study end to end (tiny grid: 2 models x 2 FlagLimits x 1 seed), resume, and the report."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -99,9 +100,13 @@ def test_grid_order_workers_and_validation(tiny_data_dir, tmp_path):
   assert sorted(c.index for m in shares for c in m) == list(range(12))  # a partition
   assert len(study_grid.cells_of_worker(cells, None)) == 12
   assert cells[0].workdir("/s") == "/s/runs/customvit/fl256/seed0"
-  config = study_grid.cell_config(cells[3], s, REPO)
+  config = study_grid.cell_config(cells[3], s)
   assert (config.dataset.flaglimit, config.seed, config.model.kwargs.width) == (256, 1, 8)
   assert config.dataset.name == "synthetic_cells_tiny"
+  missing = dataclasses.replace(cells[0], spec="configs/nope.py:x")
+  with pytest.raises(ValueError, match=r"study row 'customvit': config file 'configs/nope.py'.*"
+                     r"looked at /.*configs/nope.py"):
+    study_grid.cell_config(missing, s)
   for bad in ("3/3", "a/2", "1"):
     with pytest.raises(ValueError, match="k/n"):
       study_grid.parse_worker(bad)

@@ -8,16 +8,15 @@ import ml_collections
 import pytest
 
 import fixtures
-from cellvit_jax import main
+from cellvit_jax import config_file, main
 from cellvit_jax.experiments import predict, report, study
-from cellvit_jax.experiments.study_grid import load_config_spec
-from cellvit_jax.models import foundation
+from cellvit_jax.models import fm_tiny
 from conftest import REPO
 from study_helpers import tiny_study_config
 
 
 def test_fm_probe_and_finetune_rows(tiny_data_dir, tmp_path):
-  weights = foundation.write_tiny("phikon", str(tmp_path / "phikon"))
+  weights = fm_tiny.write_tiny("phikon", str(tmp_path / "phikon"))
   fm_set = {"fm": {"weights": weights, "cache_dir": str(tmp_path / "cache"),
                    "feature_batch_size": 32, "probe_max_steps": 100}}
   config = tiny_study_config(tiny_data_dir, flaglimits=(32,))
@@ -53,7 +52,7 @@ def test_fm_probe_and_finetune_rows(tiny_data_dir, tmp_path):
   for i in range(3):
     fixtures.save(str(tmp_path / "new" / f"c{i}.png"), fixtures.patch(i))
   for row in ("phikon_probe", "phikon_finetune"):
-    p = load_config_spec(os.path.join(REPO, "configs", "predict.py"))
+    p = config_file.load(os.path.join(REPO, "configs", "predict.py"))
     p.predict.run = os.path.join(study_dir, "runs", row, "fl32", "seed0")
     p.predict.input = str(tmp_path / "new")
     with open(predict.run_mode(p, str(tmp_path / row))) as f:

@@ -22,8 +22,10 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from cellvit_jax import models, steps
+from cellvit_jax import config_file, models, steps
+from cellvit_jax.models import dtypes
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.ops import normalize
 
@@ -78,11 +80,19 @@ def model_forward(model, config, input_size: int):
   return forward
 
 
+def config_model(config, num_classes: int = 4):
+  """The registry model a config describes: a ConfigDict, or the plain dict of a results.json's
+  `config` (its kwargs as JSON wrote them)."""
+  model_config = config["model"]
+  return models.build(model_config["name"], num_classes,
+                      dtype=dtypes.compute_dtype(model_config["dtype"]),
+                      **model_config.get("kwargs", {}))
+
+
 def config_cost(config, *, num_classes: int = 4, batch_sizes: Sequence[int] = (1, 256),
                 min_seconds: float = 1.0) -> dict:
   """Cost of the registry model a training config describes, at 40x40 input."""
-  model = models.build(config.model.name, num_classes, dtype=steps.compute_dtype(config.model.dtype),
-                       **config.model.kwargs)
+  model = config_model(config, num_classes)
   dummy = jnp.zeros((1, NATIVE_SIZE, NATIVE_SIZE, 3), jnp.float32)
   variables = jax.jit(lambda rng: model.init({"params": rng, "dropout": rng}, dummy, train=False))(
       jax.random.key(0))
@@ -129,36 +139,41 @@ def replace_block(path: str, text: str, markers=(BLOCK_START, BLOCK_END)):
   workdir_lib.write_text(path, content[:start + len(begin_marker)] + "\n" + text + content[end:])
 
 
+def write_outputs(rows: Sequence[dict], table: str, *, program: str, output: str = "",
+                  markdown: str = "", update: str = "", markers=(BLOCK_START, BLOCK_END)):
+  """Prints the table; writes the rows as JSON, the table as Markdown and the table into the
+  `markers` block of `update` (with the command that made it), each atomically."""
+  print("\n" + table)
+  if output:
+    workdir_lib.write_text(output, json.dumps(list(rows), indent=1))
+  if markdown:
+    workdir_lib.write_text(markdown, table)
+  if update:
+    command = f"python -m {program} " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--update"))
+    replace_block(update, f"{table}Made by `{command.strip()}` on {time.strftime('%Y-%m-%d')}.\n",
+                  markers)
+
+
 def main(argv):
   del argv
-  from absl import flags
-  from cellvit_jax import main as cellvit_main
   f = flags.FLAGS
   specs = f.configs or [os.path.join("configs", f"{n}.py") for n in MODEL_CONFIGS]
   rows = []
   for spec in specs:
     if not os.path.isfile(spec.partition(":")[0]):
       raise SystemExit(f"error: config file {spec!r} not found (--configs takes configs/*.py paths)")
-    row = config_cost(cellvit_main.load_config_file(spec),
+    row = config_cost(config_file.load(spec),
                       batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
     print(json.dumps(row), flush=True)
     rows.append(row)
-  table = markdown_table(rows)
-  print("\n" + table)
-  if f.output:
-    with open(f.output, "w") as fh:
-      json.dump(rows, fh, indent=1)
-  if f.markdown:
-    with open(f.markdown, "w") as fh:
-      fh.write(table)
-  if f.update:
-    command = "python -m cellvit_jax.experiments.cost " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith("--update"))
-    replace_block(f.update, f"{table}Made by `{command.strip()}` on {time.strftime('%Y-%m-%d')}.\n")
+  write_outputs(rows, markdown_table(rows), program="cellvit_jax.experiments.cost",
+                output=f.output, markdown=f.markdown, update=f.update)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  # Flags only when run as a program: study and fm_cost import this module, and absl flags
+  # are process-wide.
   flags.DEFINE_list("configs", [], "Config files (default: the eight model configs).")
   flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes to time.")
   flags.DEFINE_float("min_seconds", 2.0, "Minimum timed seconds per batch size.")

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from cellvit_jax import models, steps
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import cost
 
@@ -49,9 +48,7 @@ def host_name() -> str:
 
 def model_gflops(config_dict: dict, num_classes: int) -> float:
   """XLA's FLOPs of one 40x40 image through the registry model of a run's config, in G."""
-  model_cfg = config_dict["model"]
-  model = models.build(model_cfg["name"], num_classes, dtype=steps.compute_dtype(model_cfg["dtype"]),
-                       **model_cfg.get("kwargs", {}))
+  model = cost.config_model(config_dict, num_classes)
   x = jnp.zeros((8, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()

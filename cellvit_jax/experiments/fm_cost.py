@@ -12,15 +12,14 @@ function, lowered on those abstract shapes.  Images/s needs real arrays and a ru
 measured (random weights, batch 1, this device) only for models under --measure_below
 parameters; the others say "not measured" rather than guess.
 """
-import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from cellvit_jax.experiments import cost
 from cellvit_jax.models import fm_presets, fm_weights, foundation
@@ -91,16 +90,11 @@ def markdown_table(rows) -> str:
   return "\n".join(lines) + f"\n\nDevice: {device}{cpu}.\n"
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--presets", default="all", help="comma list, or 'all'")
-  p.add_argument("--measure_below", type=float, default=4e8,
-                 help="time images/s only for models with fewer parameters (0: none)")
-  p.add_argument("--min_seconds", type=float, default=1.0)
-  p.add_argument("--output", default="", help="write the rows as JSON here")
-  p.add_argument("--update", default="", help="rewrite the fm cost-table block of this file")
-  a = p.parse_args(argv)
-  names = list(fm_presets.PRESETS) if a.presets == "all" else a.presets.split(",")
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags only (--presets, ...)")
+  f = flags.FLAGS
+  names = list(fm_presets.PRESETS) if f.presets == "all" else f.presets.split(",")
   try:
     for n in names:
       fm_presets.get(n)
@@ -109,19 +103,18 @@ def main(argv=None):
     sys.exit(2)
   rows = []
   for n in names:
-    rows.append(preset_cost(n, measure_below=a.measure_below, min_seconds=a.min_seconds))
+    rows.append(preset_cost(n, measure_below=f.measure_below, min_seconds=f.min_seconds))
     print(json.dumps(rows[-1]), flush=True)
-  table = markdown_table(rows)
-  print("\n" + table)
-  if a.output:
-    with open(a.output, "w") as f:
-      json.dump(rows, f, indent=1)
-  if a.update:
-    command = "python -m cellvit_jax.experiments.fm_cost " + " ".join(
-        x for x in (argv if argv is not None else sys.argv[1:]) if not x.startswith("--update"))
-    cost.replace_block(a.update, f"{table}Made by `{command.strip()}` on "
-                       f"{time.strftime('%Y-%m-%d')}.\n", markers=BLOCK)
+  cost.write_outputs(rows, markdown_table(rows), program="cellvit_jax.experiments.fm_cost",
+                     output=f.output, update=f.update, markers=BLOCK)
 
 
 if __name__ == "__main__":
-  main()
+  # Flags only when run as a program (absl flags are process-wide; tests import this module).
+  flags.DEFINE_string("presets", "all", "Comma list of presets, or 'all'.")
+  flags.DEFINE_float("measure_below", 4e8, "Time images/s only for models with fewer "
+                     "parameters (0: none).")
+  flags.DEFINE_float("min_seconds", 1.0, "Minimum timed seconds.")
+  flags.DEFINE_string("output", "", "Write the rows as JSON here.")
+  flags.DEFINE_string("update", "", "Rewrite the fm cost-table block of this Markdown file.")
+  app.run(main)

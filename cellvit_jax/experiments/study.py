@@ -23,7 +23,6 @@ Two ways to use several processes (config.study.parallel):
 The cost of each row (parameters, XLA GFLOPs per image at the model's input size, images/s
 on this device) is measured once, from the row's first finished run, into cost/<row>.json.
 """
-import importlib
 import json
 import os
 import time
@@ -33,25 +32,22 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cellvit_jax import restore, workdir_lock
+from cellvit_jax import parallel, probe, restore, train, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import blur_study, cost, study_grid
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARALLEL = ("data", "cells")
 
 
 def _train_mode(config, workdir):
-  from cellvit_jax import train
   train.train_and_evaluate(config, workdir)
 
 
 DEFAULT_MODES = {"train": _train_mode}
 # Each mode's own cheap config check (no data read, nothing written), run for every row up
 # front; a mode without one is checked when its first cell starts.
-CONFIG_CHECKS = {"train": "cellvit_jax.train:check_config",
-                 "finetune": "cellvit_jax.train:check_config",
-                 "probe": "cellvit_jax.probe:check_config"}
+CONFIG_CHECKS = {"train": train.check_config, "finetune": train.check_config,
+                 "probe": probe.check_config}
 
 
 def _read_json(path):
@@ -109,7 +105,7 @@ def check(config, modes) -> list:
     if cell.row in seen:
       continue
     seen.add(cell.row)
-    row_config = study_grid.cell_config(cell, study, REPO)
+    row_config = study_grid.cell_config(cell, study)
     mode = row_config.get("mode", "train")
     if mode not in modes:
       raise ValueError(f"study row {cell.row!r} ({cell.spec}) has mode {mode!r}, which this "
@@ -117,10 +113,8 @@ def check(config, modes) -> list:
                        f"the version that adds it, or leave the row out with "
                        f"--config.study.rows=<other rows>")
     if mode in CONFIG_CHECKS:  # model, FM weights, dataset, batch sizes: before hours of cells
-      from cellvit_jax import parallel
-      module, name = CONFIG_CHECKS[mode].split(":")
       try:
-        getattr(importlib.import_module(module), name)(row_config, parallel.make_mesh())
+        CONFIG_CHECKS[mode](row_config, parallel.make_mesh())
       except (ValueError, TypeError, OSError) as e:
         raise ValueError(f"study row {cell.row!r} ({cell.spec}): {' '.join(str(e).split())} "
                          f"(in a study, a row's setting is --config.study.models.{cell.row}.set."
@@ -148,7 +142,7 @@ def run_cell(cell, config, study_dir, modes) -> bool:
   """Trains (or resumes) one cell, then its blur study; True when the cell is finished."""
   study = config.study
   workdir = cell.workdir(study_dir)
-  cell_config = study_grid.cell_config(cell, study, REPO)
+  cell_config = study_grid.cell_config(cell, study)
   mode = cell_config.get("mode", "train")
   logging.info("study cell %d: %s FlagLimit %d seed %d (%s, mode=%s) -> %s", cell.index, cell.row,
                cell.flaglimit, cell.seed, cell.spec, mode, workdir)

@@ -16,8 +16,6 @@ import os
 import re
 from typing import Optional
 
-import ml_collections
-
 from cellvit_jax import config_file
 
 ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -33,21 +31,6 @@ class Cell:
 
   def workdir(self, study_dir: str) -> str:
     return os.path.join(study_dir, "runs", self.row, f"fl{self.flaglimit}", f"seed{self.seed}")
-
-
-def load_config_spec(spec: str, base_dir: str = "") -> ml_collections.ConfigDict:
-  """`configs/x.py[:arg]` -> its get_config(arg) (config_file.load's rule, as main uses).
-
-  A relative path is tried against the working directory, then `base_dir` (the checkout),
-  so a study started from elsewhere still finds the shipped configs.
-  """
-  path, _, arg = spec.partition(":")
-  candidates = [path] + ([os.path.join(base_dir, path)] if base_dir and not os.path.isabs(path) else [])
-  found = next((p for p in candidates if os.path.isfile(p)), None)
-  if found is None:
-    raise ValueError(f"study row config {spec!r}: file {path!r} not found; give a configs/*.py path "
-                     "relative to the working directory")
-  return config_file.load(found + (f":{arg}" if arg else ""))
 
 
 def apply_nested(config, overrides, where: str = "config"):
@@ -118,10 +101,21 @@ def cells(study) -> list[Cell]:
   return out
 
 
-def cell_config(cell: Cell, study, base_dir: str = ""):
+def cell_config(cell: Cell, study):
   """The full config of one cell: the row's config file, the study-wide then the row's
-  overrides, then the cell's FlagLimit and seed (which always win)."""
-  config = load_config_spec(cell.spec, base_dir)
+  overrides, then the cell's FlagLimit and seed (which always win).
+
+  The row's `configs/x.py[:arg]` is read from the working directory (or is absolute), like
+  main's --config."""
+  try:
+    config = config_file.load(cell.spec)
+  except FileNotFoundError:
+    path = cell.spec.partition(":")[0]
+    raise ValueError(f"study row {cell.row!r}: config file {path!r} (from {cell.spec!r}) not "
+                     f"found, looked at {os.path.abspath(path)}; row config paths are read from "
+                     "the working directory: run from the checkout that holds configs/, or "
+                     f"give an absolute path with --config.study.models.{cell.row}.config=..."
+                     ) from None
   row = dict(rows(study))[cell.row]
   apply_nested(config, study.set, "config")
   apply_nested(config, row["set"], "config")

@@ -37,6 +37,7 @@ import struct
 import sys
 
 import numpy as np
+from absl import app, flags
 
 from cellvit_jax import workdir as workdir_lib
 
@@ -280,24 +281,28 @@ def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> di
   return arch
 
 
-def main(argv=None):
-  import argparse
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--from", dest="source", default="timm")
-  p.add_argument("--input", required=True)
-  p.add_argument("--output", required=True)
-  p.add_argument("--num_heads", type=int, default=0,
-                 help="default: hidden size / 64 (16 for hidden 1280, ViT-H)")
-  a = p.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags only (--from, --input, "
+                         "--output, --num_heads)")
+  f = flags.FLAGS
   try:
-    arch = convert(a.source, a.input, a.output, a.num_heads)
+    arch = convert(f["from"].value, f.input, f.output, f.num_heads)
   except (ValueError, OSError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
-  print(f"wrote {a.output}: {arch['architectures'][0]} hidden {arch['hidden_size']}, {arch['num_hidden_layers']} "
-        f"layers, {arch['num_attention_heads']} heads, patch {arch['patch_size']}, image "
-        f"{arch['image_size']}")
+  print(f"wrote {f.output}: {arch['architectures'][0]} hidden {arch['hidden_size']}, "
+        f"{arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads, patch "
+        f"{arch['patch_size']}, image {arch['image_size']}")
 
 
 if __name__ == "__main__":
-  main()
+  # Flags only when run as a program: the library imports this module, and absl flags are
+  # process-wide (another module's --output would clash).
+  flags.DEFINE_string("from", "timm", "Checkpoint format to read (timm).")
+  flags.DEFINE_string("input", None, "A timm state dict file, or a directory holding one.")
+  flags.DEFINE_string("output", None, "Directory to write config.json + model.safetensors to.")
+  flags.DEFINE_integer("num_heads", 0, "Attention heads; default: the timm config.json's, else "
+                       "hidden size / 64 (16 for hidden 1280, ViT-H).")
+  flags.mark_flags_as_required(["input", "output"])
+  app.run(main)

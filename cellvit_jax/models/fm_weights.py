@@ -144,7 +144,7 @@ def inspect(directory: str, preset, num_heads: int = 0) -> Checkpoint:
   if not directory:
     raise ValueError(f"config.fm.weights is empty; pass --config.fm.weights={preset.hub_id} (the "
                      f"hub id) or a local directory, or write a tiny random one: python -m "
-                     f"cellvit_jax.models.foundation --tiny={preset.name} --output=DIR")
+                     f"cellvit_jax.models.fm_tiny --tiny={preset.name} --output=DIR")
   if fm_hub.is_hub_id(directory):  # owner/name[@revision]: fetched into the HF cache
     directory = fm_hub.resolve(directory, preset.name)
   directory = os.path.abspath(os.path.expanduser(directory))
