@@ -15,7 +15,6 @@ matmul of the same dtype measured in the same run (train_step.matmul_flops_per_s
 Prints one comparable line per dtype:
   fm_train_step <preset> <dtype>: X img/s, Y TFLOP/s, fraction of measured matmul peak = F
 """
-import os
 import tempfile
 import time
 

@@ -23,7 +23,6 @@ numbers from different runs.
 Data: a small synthetic_cells dataset (`synthetic_cells_bench`, 20 specimens x 400 cells)
 built by datasets.open_dataset in a temporary folder (or --data_dir, reused if present).
 """
-import os
 import shutil
 import tempfile
 import time

@@ -24,7 +24,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import train_step
-from cellvit_jax import optimizer, parallel, steps
+from cellvit_jax import optimizer, parallel
 from cellvit_jax.models import layers
 
 FLAGS = flags.FLAGS

@@ -7,7 +7,6 @@ the weights cases (another FM family, a truncated safetensors file, another hidd
 input size that is no multiple of the patch, missing files, a corrupt feature cache) in
 test_foundation_inputs.py.
 """
-import dataclasses
 import hashlib
 import os
 import resource

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax import config_file, feature_cache, main
+from cellvit_jax import config_file, feature_cache
 from cellvit_jax.models import convert, fm_tiny, fm_weights, foundation
 from conftest import REPO
 

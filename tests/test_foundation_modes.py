@@ -13,7 +13,7 @@ import pytest
 
 from cellvit_jax import config_file, main, optimizer, probe, restore
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import fm_tiny, fm_weights, foundation
+from cellvit_jax.models import fm_tiny, foundation
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import config_file, models, steps
+from cellvit_jax import config_file, models
 from cellvit_jax.models import dtypes
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.ops import normalize
