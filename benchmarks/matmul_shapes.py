@@ -56,7 +56,8 @@ def main(argv):
   args = FLAGS
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   rng = np.random.default_rng(0)
-  for dname, jd, td in (("float32", jnp.float32, torch.float32), ("bfloat16", jnp.bfloat16, torch.bfloat16)):
+  for dname, jd, td in (("float32", jnp.float32, torch.float32),
+                        ("bfloat16", jnp.bfloat16, torch.bfloat16)):
     for name, (sa, sb, eq) in SHAPES.items():
       a, b = rng.normal(size=sa).astype(np.float32), rng.normal(size=sb).astype(np.float32)
       ja, jb = jnp.asarray(a, jd), jnp.asarray(b, jd)
@@ -68,7 +69,8 @@ def main(argv):
         tt.append(timed(lambda: torch.einsum(eq, ta, tb), 1))
       f = flops(sa, sb, eq)
       j, t = f / np.median(jt) / 1e9, f / np.median(tt) / 1e9
-      print(f"{dname:8s} {name:26s} jnp {j:6.0f} GFLOP/s  torch {t:6.0f} GFLOP/s  JAX/torch {j / t:5.2f}")
+      print(f"{dname:8s} {name:26s} jnp {j:6.0f} GFLOP/s  torch {t:6.0f} GFLOP/s  "
+            f"JAX/torch {j / t:5.2f}")
   print(f"load after (uptime): {os.popen('uptime').read().strip()}")
 
 

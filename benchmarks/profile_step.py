@@ -105,7 +105,8 @@ def main(argv):
   logdir = os.path.join(args.logdir, f"{args.model}_{args.dtype}")
   with jax.profiler.trace(logdir, create_perfetto_trace=True):
     step_s = run(args.steps)
-  trace = sorted(glob.glob(os.path.join(logdir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
+  trace = sorted(glob.glob(os.path.join(logdir, "**", "perfetto_trace.json.gz"),
+                           recursive=True))[-1]
   with gzip.open(trace) as f:
     events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events

@@ -21,26 +21,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "python"
 
 BENCHMARKS = (  # (name, command, why)
-    ("train_customvit", f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
-     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, batch 256."),
-    ("train_resnet18", f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
-     "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes tens "
-     "of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun with "
-     "--batch=256 on a faster device."),
+    ("train_customvit",
+     f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
+     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, "
+     "batch 256."),
+    ("train_resnet18",
+     f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
+     "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes "
+     "tens of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun "
+     "with --batch=256 on a faster device."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
-    ("profile_customvit_bf16", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=bfloat16",
+    ("profile_customvit_bf16",
+     f"{PY} -m benchmarks.profile_step --model=customvit --dtype=bfloat16",
      "The same for bf16 compute."),
     ("step_variants", f"{PY} -m benchmarks.step_variants --repeats=4",
-     "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) vs the library."),
+     "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) "
+     "vs the library."),
     ("matmul_shapes", f"{PY} -m benchmarks.matmul_shapes --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
     ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(
         f"configs/{m}.py" for m in ("customvit", "resnet18", "resnet50", "densenet121",
                                     "efficientnet_b0", "convnext_tiny")),
-     "Inference cost (the study's cost table): parameters, GFLOPs/image, images/s at batch 1 and 256, "
-     "config dtype (float32); six models here, the two transformers in cost_vit_swin (one run of "
-     "all eight passes ten minutes on this shared CPU)."),
+     "Inference cost (the study's cost table): parameters, GFLOPs/image, images/s at batch 1 "
+     "and 256, config dtype (float32); six models here, the two transformers in cost_vit_swin "
+     "(one run of all eight passes ten minutes on this shared CPU)."),
     ("cost_vit_swin", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 "
      "--configs=configs/vit_small.py,configs/swin_tiny.py",
      "Inference cost of ViT-S and Swin-T, as above."),
@@ -49,7 +54,8 @@ BENCHMARKS = (  # (name, command, why)
 
 def sh(cmd: str) -> str:
   try:
-    return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
   except Exception as e:  # a missing tool must not stop the recording
     return f"({cmd!r} failed: {e})"
 
@@ -58,7 +64,8 @@ def machine() -> str:
   cpu = sh("lscpu | grep 'Model name' | sed 's/Model name: *//'")
   flags = sh("grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx512_vnni' /proc/cpuinfo "
              "| sort -u | tr '\\n' ' '")
-  versions = sh(PY + " -c 'import jax, torch; print(\"jax\", jax.__version__, \"torch\", torch.__version__)'")
+  versions = sh(PY + " -c 'import jax, torch; "
+                "print(\"jax\", jax.__version__, \"torch\", torch.__version__)'")
   commit, branch = sh("git rev-parse --short HEAD"), sh("git rev-parse --abbrev-ref HEAD")
   return (f"- CPU: {cpu}; {os.cpu_count()} cores visible; bf16-relevant flags: {flags or 'none'}\n"
           f"- Python {platform.python_version()}; {versions}\n"
@@ -100,7 +107,8 @@ def main():
                             stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
       out, rc = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as e:
-      out, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+      out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+      rc = "timeout"
     wall = time.time() - t0
     print(out, flush=True)
     parts.append(f"## {name}\n\n{why}\n\n```\n$ {cmd}\n{out.rstrip()}\n```\n"

@@ -96,7 +96,8 @@ def build(variant: str, dtype: str, mesh):
     elif variant == "droppath_mul":
       layers.DropPath = DropPathMul
     elif variant == "flat_optim":
-      optimizer.make_optimizer = lambda *a, **k: (lambda tx, s: (optax.flatten(tx), s))(*make_opt(*a, **k))
+      optimizer.make_optimizer = (
+          lambda *a, **k: (lambda tx, s: (optax.flatten(tx), s))(*make_opt(*a, **k)))
     elif variant != "library":
       raise ValueError(f"unknown variant {variant!r}")
     return train_step.jax_variant("customvit", dtype, 256, mesh)[0]  # traced and compiled here

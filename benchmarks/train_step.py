@@ -74,8 +74,10 @@ def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compi
   """-> (run(n): seconds per step over n steps, XLA FLOPs per step, parameter count[, compiled])."""
   config = load(model_name)
   config.model.dtype = dtype
-  model = models.build(model_name, NUM_CLASSES, dtype=dtypes_lib.compute_dtype(dtype), **config.model.kwargs)
-  tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=10_000, steps_per_epoch=100)
+  model = models.build(model_name, NUM_CLASSES, dtype=dtypes_lib.compute_dtype(dtype),
+                       **config.model.kwargs)
+  tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=10_000,
+                                          steps_per_epoch=100)
   train_step, _ = steps.make_steps(model, config, schedule, mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
@@ -179,7 +181,8 @@ def main():
   # this shared machine moves the step time and the peak it is divided by together.
   peak_dtypes = {d: dtypes_lib.compute_dtype(d) for d in dtypes}
   for d, jd in peak_dtypes.items():
-    print(f"jnp matmul {d} 4096 (reference, once): {matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
+    print(f"jnp matmul {d} 4096 (reference, once): "
+          f"{matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
   times = {k: [] for k in variants}
   peaks = {d: [] for d in dtypes}
   torch_peaks = {"float32": [], "bfloat16": []}

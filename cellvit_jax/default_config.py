@@ -88,5 +88,6 @@ def get_config():
   config.fm.probe_l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
   config.fm.probe_max_steps = 300       # L-BFGS iterations per L2 strength
   config.fm.feature_batch_size = 64     # probe: images per backbone call
-  config.fm.cache_dir = ""              # probe features; "" -> $CELLVIT_CACHE or ~/.cache/cellvit_jax
+  # Probe features; "" -> $CELLVIT_CACHE or ~/.cache/cellvit_jax.
+  config.fm.cache_dir = ""
   return config

@@ -64,7 +64,8 @@ def run(config, workdir: str = ""):
 
   An empty workdir means the mode's default (train: runs/<model name>/)."""
   if config.mode not in MODES:
-    raise ValueError(f"unknown config.mode {config.mode!r}; valid modes: {', '.join(sorted(MODES))}")
+    raise ValueError(f"unknown config.mode {config.mode!r}; "
+                     f"valid modes: {', '.join(sorted(MODES))}")
   MODES[config.mode](config, workdir)
 
 
@@ -85,7 +86,8 @@ def _check_config_file(argv):
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].partition(":")[0]
       if not os.path.isfile(path):
-        shipped = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+        shipped = (sorted(f for f in os.listdir("configs") if f.endswith(".py"))
+                   if os.path.isdir("configs") else [])
         raise ValueError(f"config file {path!r} not found; pass one of configs/*.py"
                          + (f" ({', '.join(shipped)})" if shipped else ""))
 

@@ -174,5 +174,6 @@ def run_mode(config, workdir: str):
   results = train_probe(config, workdir)
   print("\n" + results_lib.summary_table(results))
   print(f"probe: L2 {results['l2']:g} chosen on val; features "
-        + ", ".join(f"{r} {'cached' if c['hit'] else 'computed'}" for r, c in results["cache"].items()))
+        + ", ".join(f"{r} {'cached' if c['hit'] else 'computed'}"
+                    for r, c in results["cache"].items()))
   return results

@@ -108,7 +108,8 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   # A linear-probe run (mode=probe) keeps its head in probe_head.npz, not in a checkpoint.
   config = load_config(workdir) if os.path.isfile(os.path.join(workdir, "config.json")) else None
   is_probe = config is not None and config.mode == "probe"
-  if not os.path.isdir(ckpt_dir) and not is_probe:  # checked first: the Checkpointer would create it
+  # Checked first: the Checkpointer would create it.
+  if not os.path.isdir(ckpt_dir) and not is_probe:
     raise _not_a_run(workdir, "no checkpoints/")
   config = config or load_config(workdir)  # no config.json: load_config names the workdir
   if data_dir is not None:
@@ -142,7 +143,8 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
     rep = parallel.replicated(mesh)
     abstract = jax.eval_shape(
         lambda rng: steps.create_state(rng, model, tx, dataset.image_size, mesh), jax.random.key(0))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                            abstract)
     state = ckpt.restore(abstract, None, step=step)
   finally:
     ckpt.close()

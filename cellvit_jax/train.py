@@ -89,14 +89,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_labels = dataset.labels(config.dataset.train_split)
   subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
   counts = flaglimit.counts(train_labels, subset, dataset.num_classes)
-  logging.info("FlagLimit %d (seed %d): %d training patches, per class %s", config.dataset.flaglimit,
-               config.seed, len(subset), dict(zip(dataset.class_names, counts.tolist())))
+  logging.info("FlagLimit %d (seed %d): %d training patches, per class %s",
+               config.dataset.flaglimit, config.seed, len(subset),
+               dict(zip(dataset.class_names, counts.tolist())))
   val_images, val_labels = pipeline.load_arrays(dataset.source(config.dataset.eval_split),
                                                 range(len(dataset.labels(config.dataset.eval_split))))
 
   # Model, optimiser and state.
   model = models.from_config(config, dataset.num_classes)
-  total, steps_per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
+  total, steps_per_epoch = train_length.total_steps(config.train, len(subset),
+                                                    config.train.batch_size)
   tx, schedule = optimizer.make_optimizer(config.optim, model, total, steps_per_epoch)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -129,7 +131,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
   pending, timed_steps, timed_seconds, t_mark, val = [], 0, 0.0, None, None
-  end = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run > 0 else total
+  max_steps = config.train.max_steps_per_run
+  end = min(total, start + max_steps) if max_steps > 0 else total
   bar = _progress(total, start, config)
   with preemption.PreemptionWatch() as watch:
     for step in range(start, end):
@@ -161,11 +164,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if is_eval:
         val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
                        dataset.class_names)
-        writer.write(done, "val", {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+        writer.write(done, "val",
+                     {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
         logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
                      "F1 %.4f | %.0f images/s", done / steps_per_epoch, done, total,
                      last_train["loss"], last_train["accuracy"], val["accuracy"],
-                     val["balanced_accuracy"], val["macro_f1"], last_train.get("images_per_sec", 0.0))
+                     val["balanced_accuracy"], val["macro_f1"],
+                     last_train.get("images_per_sec", 0.0))
         t_mark = time.perf_counter()  # evaluation time is not training time
       if is_ckpt:
         ckpt.save(done, state, train_iter, config.to_dict())
@@ -190,7 +195,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if val is None:  # resumed at the last step: no evaluation ran in this invocation
     val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
                    dataset.class_names)
-  writer.write(total, "test", {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+  writer.write(total, "test",
+               {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
   writer.close()
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None

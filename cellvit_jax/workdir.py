@@ -126,7 +126,8 @@ def prepare(workdir: str, config) -> str:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f"cannot create --workdir {workdir!r}: {e.strerror}; pass another path") from None
+    raise ValueError(f"cannot create --workdir {workdir!r}: {e.strerror}; "
+                     "pass another path") from None
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"--workdir {workdir!r} is not writable; pass another path")
   workdir_lock.acquire_shared(workdir)  # before anything in it is read or written

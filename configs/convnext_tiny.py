@@ -1,4 +1,6 @@
-"""ConvNeXt-T on 40x40 patches: 2x2 patchify stem, stages 20, 10, 5, 3 (cellvit_jax/models/convnext.py).
+"""ConvNeXt-T on 40x40 patches: 2x2 patchify stem, stages 20, 10, 5, 3.
+
+The model is cellvit_jax/models/convnext.py.
 
 The architecture fields are Liu et al.'s ConvNeXt-T defaults (drop path 0.1, layer scale 1e-6),
 except the stem patch. The optimiser settings are our choice, not the paper's (Kagiyama et al.

@@ -4,7 +4,8 @@ Each training sample is blurred with probability 0.5, sigma ~ U(0, 1.5) px at 40
 (inside the jitted train step, after flips/rotations, before normalisation). Compare its
 blur-robustness curve (mode=blur, configs/blur.py) with a run of configs/customvit.py:
 
-  python -m cellvit_jax.main --config=configs/customvit_blur_aug.py --workdir=runs/customvit_blur_aug
+  python -m cellvit_jax.main --config=configs/customvit_blur_aug.py \
+      --workdir=runs/customvit_blur_aug
   python -m cellvit_jax.main --config=configs/blur.py --config.blur.run=runs/customvit_blur_aug
 """
 import os

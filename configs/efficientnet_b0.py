@@ -1,4 +1,6 @@
-"""EfficientNet-B0 on 40x40 patches: stride-1 stem, last map 3x3 (cellvit_jax/models/efficientnet.py).
+"""EfficientNet-B0 on 40x40 patches: stride-1 stem, last map 3x3.
+
+The model is cellvit_jax/models/efficientnet.py.
 
 The architecture fields are Tan & Le's B0 defaults (dropout 0.2, drop connect 0.2, SE 0.25),
 except the stem stride. The optimiser settings are our choice, not the paper's (Kagiyama et

@@ -1,7 +1,8 @@
 """The pathology foundation models: linear probe or fine-tuning, one file for all presets.
 
   python -m cellvit_jax.main --config=configs/fm.py:phikon,probe --config.fm.weights=owkin/phikon
-  python -m cellvit_jax.main --config=configs/fm.py:virchow2,finetune --config.fm.weights=paige-ai/Virchow2
+  python -m cellvit_jax.main --config=configs/fm.py:virchow2,finetune \
+      --config.fm.weights=paige-ai/Virchow2
   python -m cellvit_jax.main --config=configs/fm.py:uni,probe --config.fm.weights=~/fm/uni
 
 The argument is `<preset>,<mode>`: preset phikon | uni | plip | phikon2 | gigapath | uni2 |

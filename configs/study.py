@@ -13,8 +13,10 @@ FM rows: the `fm` argument adds phikon/uni/plip x probe/finetune (configs/fm.py:
 `fm=uni2,virchow2` adds those presets instead, `fm=all` all eight (models/fm_presets.py).
 Each row's weights default to its preset's hub id (fetched into the Hugging Face cache;
 gated ones need HF_TOKEN); give a local folder instead with, e.g.
-  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni  The grid, seeds and blur grid are our choices; the paper
-publishes only its FlagLimit range (256 ... 16,384).  See docs/study.md.
+  --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni
+
+The grid, seeds and blur grid are our choices; the paper publishes only its FlagLimit range
+(256 ... 16,384).  See docs/study.md.
 """
 import ml_collections
 

@@ -22,7 +22,8 @@ def tiny_study_config(data_dir, rows=("customvit", "resnet18"), flaglimits=(32, 
   config.study.flaglimits = tuple(flaglimits)
   config.study.seeds = tuple(seeds)
   config.study.set = ml_collections.ConfigDict({
-      "dataset": {"name": "synthetic_cells_tiny", "data_dir": data_dir, "synthetic": dict(TINY_SPEC)},
+      "dataset": {"name": "synthetic_cells_tiny", "data_dir": data_dir,
+                  "synthetic": dict(TINY_SPEC)},
       "train": {"batch_size": 32, "eval_batch_size": 64, "epochs": 1.0, "log_every_steps": 4,
                 "progress_bar": False, "eval_every_epochs": 1.0},
       "optim": {"lr": 3e-3, "warmup_epochs": 0.5},

@@ -54,7 +54,9 @@ def finished_workdir(tiny_data_dir, tmp_path_factory):
 # the real command line; the other run-level errors are checked in-process below, through
 # main.run, which is what the command line calls.
 CLI_CASES = [
-    (["--config.dataset.nme=x"], "unknown config key '--config.dataset.nme': config.dataset has no field 'nme'; valid fields: "),
+    (["--config.dataset.nme=x"],
+     "unknown config key '--config.dataset.nme': config.dataset has no field 'nme'; "
+     "valid fields: "),
     (["--config.model.kwargs.depthh=2"], "config.model.kwargs has no field 'depthh'"),
     (["--config.optim.lr=fast"], "--config.optim.lr"),
     (["--config.dataset.flaglimit=2.5"], "--config.dataset.flaglimit"),
@@ -69,14 +71,16 @@ def test_command_line_config_errors(args, expect, finished_workdir, tiny_data_di
   before = _tree_digest(finished_workdir)
   flags = as_flags(tiny_overrides(tiny_data_dir))
   flags = [f for f in flags if f.split("=")[0] not in {a.split("=")[0] for a in args}]
-  rc, line = _main(["--config=configs/customvit.py", f"--workdir={finished_workdir}", *flags, *args])
+  rc, line = _main(["--config=configs/customvit.py", f"--workdir={finished_workdir}", *flags,
+                    *args])
   assert rc == 2 and line.startswith("error: ") and expect in line, line
   assert _tree_digest(finished_workdir) == before
 
 
 def test_missing_config_file_names_the_shipped_ones():
   rc, line = _main(["--config=configs/custom_vit.py"])
-  assert rc == 2 and "config file 'configs/custom_vit.py' not found" in line and "customvit.py" in line
+  assert rc == 2 and "config file 'configs/custom_vit.py' not found" in line
+  assert "customvit.py" in line
 
 
 def test_workdir_that_is_a_file(tmp_path):
@@ -132,13 +136,15 @@ def test_checkpoint_write_error_says_disk_full_only_when_it_is(tmp_path, monkeyp
   assert full.startswith(f"could not write the checkpoint of step 48 to {d}")
   assert "the disk is full: free disk space or pass another --workdir" in full
   # tensorstore's text without an errno
-  assert "disk is full" in str(checkpoint._write_error(d, 3, ValueError("[OS error: No space left on device]")))
+  assert "disk is full" in str(
+      checkpoint._write_error(d, 3, ValueError("[OS error: No space left on device]")))
   # What two runs writing one workdir produced (issue 17): not a full disk.
   second_writer = ValueError("No ArrayMetadata found for process_index=0 in "
                              f"{d}/40.orbax-checkpoint-tmp-123/state")
   message = str(checkpoint._write_error(d, 48, second_writer))
   assert "disk is full" not in message and "free disk space" not in message
-  assert "the disk is not full (" in message and "another process writes the same directory" in message
+  assert "the disk is not full (" in message
+  assert "another process writes the same directory" in message
   # ... unless the disk really has no space left.
   usage = collections.namedtuple("usage", "total used free")
   monkeypatch.setattr("shutil.disk_usage", lambda p: usage(10 << 30, (10 << 30) - 4096, 4096))
@@ -171,7 +177,8 @@ def test_run_level_errors_leave_a_finished_workdir_untouched(overrides, expect, 
     ("weight_decay", -0.05, "config.optim.weight_decay=-0.05 must be a finite number >= 0"),
     ("weight_decay", float("nan"), "config.optim.weight_decay=nan must be a finite number >= 0"),
     ("label_smoothing", 1.0, "config.optim.label_smoothing=1.0 must be a finite number in [0, 1)"),
-    ("label_smoothing", -0.1, "config.optim.label_smoothing=-0.1 must be a finite number in [0, 1)"),
+    ("label_smoothing", -0.1,
+     "config.optim.label_smoothing=-0.1 must be a finite number in [0, 1)"),
     ("b2", 1.0, "config.optim.b2=1.0 must be a finite number in [0, 1)"),
     ("grad_clip", float("inf"), "config.optim.grad_clip=inf must be a finite number >= 0"),
 ])
@@ -186,8 +193,10 @@ def test_bad_optimiser_values_are_refused_before_anything_is_written(key, value,
 
 @pytest.mark.parametrize("overrides,expect", [
     ({"train.eval_batch_size": -4}, "config.train.eval_batch_size=-4 must be a positive multiple"),
-    ({"train.epochs": 0.0, "train.steps": 0, "train.examples": 0}, "set one of config.train.epochs"),
-    ({"dataset.eval_split": "validation"}, "has no split 'validation'; it has ['train', 'val', 'test']"),
+    ({"train.epochs": 0.0, "train.steps": 0, "train.examples": 0},
+     "set one of config.train.epochs"),
+    ({"dataset.eval_split": "validation"},
+     "has no split 'validation'; it has ['train', 'val', 'test']"),
     ({"dataset.synthetic.val_specimens": 3}, "was built with"),
     ({"augment.blur.prob": 1.5}, "augment.blur"),
 ])
@@ -200,15 +209,17 @@ def test_bad_config_values(overrides, expect, tiny_data_dir, tmp_path):
 def test_unknown_synthetic_key_is_named(tiny_data_dir):
   config = tiny_config(tiny_data_dir)
   config.dataset.synthetic.cells = 5
-  with pytest.raises(ValueError, match=r"config.dataset.synthetic has unknown key\(s\) \['cells'\]"):
+  with pytest.raises(ValueError,
+                     match=r"config.dataset.synthetic has unknown key\(s\) \['cells'\]"):
     datasets.synthetic_spec(config.dataset)
 
 
 def test_other_config_in_a_finished_workdir_changes_nothing(finished_workdir, tiny_data_dir):
   before = _tree_digest(finished_workdir)
   with pytest.raises(ValueError, match="holds a run with a different config.*model.kwargs.dim"):
-    train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "model.kwargs.dim": 64}),
-                             finished_workdir)
+    train.train_and_evaluate(
+        tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "model.kwargs.dim": 64}),
+        finished_workdir)
   assert _tree_digest(finished_workdir) == before
 
 
@@ -218,17 +229,19 @@ def test_workdir_that_cannot_be_created():
 
 
 def _write(data_dir, name, splits, **kw):
-  example = lambda s, l: dict(image=synthetic_cells.render(
-      __import__("numpy").random.default_rng(0), [l], synthetic_cells._specimen_style(
-          __import__("numpy").random.default_rng(1)))[0], label=l, specimen=s, x=-1.0, y=-1.0,
+  example = lambda s, label: dict(image=synthetic_cells.render(
+      __import__("numpy").random.default_rng(0), [label], synthetic_cells._specimen_style(
+          __import__("numpy").random.default_rng(1)))[0], label=label, specimen=s, x=-1.0, y=-1.0,
       source="t")
-  return tfds_writer.write(data_dir, name, ["a", "b"],
-                           {k: [example(s, l) for s, l in v] for k, v in splits.items()}, **kw)
+  return tfds_writer.write(
+      data_dir, name, ["a", "b"],
+      {k: [example(s, label) for s, label in v] for k, v in splits.items()}, **kw)
 
 
 def test_empty_split_is_refused_and_nothing_is_left(tmp_path):
   with pytest.raises(ValueError, match="split 'val' of dataset 'empty_val' is empty"):
-    _write(str(tmp_path), "empty_val", {"train": [("s1", 0), ("s1", 1)], "val": [], "test": [("s2", 0)]})
+    _write(str(tmp_path), "empty_val",
+           {"train": [("s1", 0), ("s1", 1)], "val": [], "test": [("s2", 0)]})
   assert os.listdir(tmp_path) == []
 
 
@@ -246,7 +259,8 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
         target = target[p]
       target[path[-1]] = v
   config.train.epochs, config.train.batch_size, config.train.eval_batch_size = 1.0, 2, 2
-  with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split, e.g. \{'s1': \['train', 'test'\]\}"):
+  with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split, "
+                                       r"e.g. \{'s1': \['train', 'test'\]\}"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   # The linear probe fits on the training split too: the same guard.
   from cellvit_jax import config_file, probe
@@ -262,7 +276,8 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
 
 def test_flaglimit_above_every_class_keeps_all(tiny_data_dir, tmp_path):
   results = train.train_and_evaluate(
-      tiny_config(tiny_data_dir, **{"dataset.flaglimit": 100000, "train.steps": 2, "train.epochs": 0.0}),
+      tiny_config(tiny_data_dir,
+                  **{"dataset.flaglimit": 100000, "train.steps": 2, "train.epochs": 0.0}),
       str(tmp_path / "run"))
   assert results["train_counts"] == {n: 128 for n in synthetic_cells.CLASS_NAMES}
 
@@ -306,8 +321,10 @@ def test_a_folder_of_one_class_is_refused_at_build_time(tmp_path, capsys):
                     f"--data_dir={data_dir}"])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1, err
-  assert err[0].startswith("error: --source=folder") and "all 12 patches are of one class ('a')" in err[0]
-  assert "at least two classes: put each class's patches in its own subfolder, ROOT/<class>/" in err[0]
+  assert err[0].startswith("error: --source=folder")
+  assert "all 12 patches are of one class ('a')" in err[0]
+  assert ("at least two classes: put each class's patches in its own subfolder, "
+          "ROOT/<class>/") in err[0]
   assert not data_dir.exists()
 
 

@@ -44,7 +44,8 @@ def test_each_benchmark_shows_its_help_without_pythonpath():
   proc = subprocess.run([sys.executable, "-c", HELP_ALL, *MODULES], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = {l.split()[1]: l.split()[2:] for l in proc.stdout.splitlines() if l.startswith("RESULT")}
+  results = {line.split()[1]: line.split()[2:] for line in proc.stdout.splitlines()
+             if line.startswith("RESULT")}
   assert sorted(results) == MODULES, proc.stderr[-3000:]
   for name, (code, shown) in results.items():
     # argparse (train_step, record) exits 0 after --help; absl exits 1 after printing it.
@@ -55,7 +56,8 @@ def test_the_docs_show_the_commands_that_work():
   for doc in DOCS:
     with open(os.path.join(REPO, doc)) as f:
       text = f.read()
-    text = text.replace("`PYTHONPATH=. python benchmarks/<name>.py`", "")  # RESULTS.md's history note
+    # RESULTS.md's history note.
+    text = text.replace("`PYTHONPATH=. python benchmarks/<name>.py`", "")
     assert "PYTHONPATH" not in text, doc
     assert not re.search(r"python3? benchmarks/", text), doc
     for name in re.findall(r"python -m benchmarks\.(\w+)", text):

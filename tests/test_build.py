@@ -130,7 +130,7 @@ def test_build_each_source(kind, request, tmp_path, capsys):
   # The printed table: a header with every class, one row per split, totals, and the place.
   lines = out.splitlines()
   assert lines[0].split()[0] == "split" and all(c in lines[0] for c in ds.class_names)
-  assert [l.split()[0] for l in lines[1:5]] == ["train", "val", "test", "all"]
+  assert [line.split()[0] for line in lines[1:5]] == ["train", "val", "test", "all"]
   assert str(sum(len(ds.labels(s)) for s in ds.splits)) in lines[4]
   assert ds.path in out and "--config.dataset.name=cells" in out
   info = ds.meta["info"]
@@ -204,7 +204,7 @@ def bad_build(capsys, existing, *args, rc=2):
   data_dir, before = existing
   got, out, err = run_build(capsys, *args, f"--data_dir={data_dir}")
   assert got == rc, (out, err)
-  error_lines = [l for l in err.splitlines() if l.startswith("error: ")]
+  error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
   assert len(error_lines) == 1, err
   assert snapshot(data_dir) == before, "the existing dataset was changed"
   assert leftovers(data_dir) == []

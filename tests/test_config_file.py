@@ -14,7 +14,8 @@ def test_relative_paths_read_from_the_working_directory_or_base_dir(tmp_path, mo
   assert config_file.load("mine.py") == {"arg": ""}
   assert config_file.load("mine.py:uni,probe") == {"arg": "uni,probe"}
   monkeypatch.chdir(REPO)
-  with pytest.raises(FileNotFoundError, match=f"'mine.py' not found.*{os.path.join(REPO, 'mine.py')}"):
+  with pytest.raises(FileNotFoundError,
+                     match=f"'mine.py' not found.*{os.path.join(REPO, 'mine.py')}"):
     config_file.load("mine.py")
   assert config_file.load("mine.py:x", base_dir=str(tmp_path)) == {"arg": "x"}
   # An absolute path ignores base_dir.

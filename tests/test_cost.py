@@ -10,7 +10,8 @@ from cellvit_jax.experiments import cost
 def _config(depth):
   config = default_config.get_config()
   # The linear patch tokenizer: the FLOPs then come almost all from the encoder blocks.
-  config.model.kwargs.update(dict(dim=32, depth=depth, num_heads=2, patch_size=8, tokenizer="patch"))
+  config.model.kwargs.update(dict(dim=32, depth=depth, num_heads=2, patch_size=8,
+                                  tokenizer="patch"))
   return config
 
 

@@ -14,7 +14,8 @@ CUSTOMVIT_PARAMS = 371_548
 
 
 def _params(model):
-  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  shapes = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
   return sum(x.size for x in jax.tree.leaves(shapes["params"]))
 
 
@@ -24,7 +25,8 @@ def test_customvit_parameter_count():
   assert _params(model) == CUSTOMVIT_PARAMS
 
 
-SWITCHES = list(itertools.product(["patch", "conv"], [False, True], [False, True], ["learned", "sincos"], ["cls", "gap"]))
+SWITCHES = list(itertools.product(["patch", "conv"], [False, True], [False, True],
+                                  ["learned", "sincos"], ["cls", "gap"]))
 SWITCHES += [(tok, False, lsa, pos, pool) for tok in ("convstem", "cct") for lsa in (False, True)
              for pos in ("learned", "sincos") for pool in ("cls", "gap", "seq")]
 
@@ -83,7 +85,8 @@ def test_bad_options_name_the_valid_ones():
 def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
   model = models.build("customvit", 3, tokenizer=tokenizer, patch_size=patch_size, dim=16,
                        depth=1, num_heads=2)
-  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
   assert variables["params"]["pos_embedding"].shape == (1, grid * grid, 16)
   # convstem normalises with BatchNorm (running statistics), cct has no normalisation.
   assert ("batch_stats" in variables) == (tokenizer == "convstem")
@@ -93,9 +96,11 @@ def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
 def test_convstem_full_resolution_stage_is_a_switch(full_res, stem_convs):
   model = models.build("customvit", 3, tokenizer="convstem", dim=16, depth=1, num_heads=2,
                        stem_full_res=full_res)
-  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
   params = variables["params"]
-  assert sorted(k for k in params if k.startswith("stem")) == [f"stem{i}" for i in range(stem_convs)]
+  assert (sorted(k for k in params if k.startswith("stem"))
+          == [f"stem{i}" for i in range(stem_convs)])
   # Either way the stem ends on the 10x10 grid; without the stride-1 stage the first conv
   # already halves the resolution.
   assert params["pos_embedding"].shape == (1, 100, 16)

@@ -6,7 +6,8 @@ from cellvit_jax.data import flaglimit
 
 def _labels():
   rng = np.random.default_rng(0)
-  return np.concatenate([np.full(n, c) for c, n in enumerate([500, 300, 40, 1000])])[rng.permutation(1840)]
+  labels = np.concatenate([np.full(n, c) for c, n in enumerate([500, 300, 40, 1000])])
+  return labels[rng.permutation(1840)]
 
 
 def test_exact_per_class_counts_and_small_classes_keep_all():

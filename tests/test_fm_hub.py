@@ -99,7 +99,8 @@ def _sha(path):
 def test_public_download_lands_in_the_hf_cache(hub, tmp_path):
   got = _resolve(hub, tmp_path / "home", "owkin/phikon", preset="phikon")
   assert got["family"] == "vit"
-  assert got["directory"] == str(tmp_path / "home" / "hub" / "models--owkin--phikon" / "snapshots" / A)
+  assert got["directory"] == str(
+      tmp_path / "home" / "hub" / "models--owkin--phikon" / "snapshots" / A)
   assert ("HEAD", "/owkin/phikon/resolve/main/model.safetensors") in hub.requests
 
 
@@ -123,7 +124,8 @@ def test_revision_pinning_and_offline_warm_and_cold_cache(hub, tmp_path):
       HF_TOKEN=TOKEN)
   assert pinned["directory"].endswith(os.path.join("snapshots", A))
   assert pinned["sha256"] == _sha(os.path.join(hub.sources["old"], "model.safetensors"))
-  assert "revision 'cccccccc" in missing["error"] and "does not exist in paige-ai/Virchow2" in missing["error"]
+  assert "revision 'cccccccc" in missing["error"]
+  assert "does not exist in paige-ai/Virchow2" in missing["error"]
   assert latest["directory"].endswith(os.path.join("snapshots", B))
   assert latest["sha256"] == _sha(os.path.join(hub.sources["new"], "model.safetensors"))
   # Offline: the warm cache answers (both revisions), without a single request.
@@ -136,8 +138,8 @@ def test_revision_pinning_and_offline_warm_and_cold_cache(hub, tmp_path):
   # Offline on a cold cache: a clear error, still no request.
   cold = _resolve(hub, tmp_path / "cold", "paige-ai/Virchow2", HF_HUB_OFFLINE="1")
   assert cold["error"] == ("config.fm.weights='paige-ai/Virchow2' is not in the Hugging Face cache "
-                           f"({tmp_path / 'cold' / 'hub'}) and HF_HUB_OFFLINE=1 forbids downloading; "
-                           "run once online (or unset HF_HUB_OFFLINE)")
+                           f"({tmp_path / 'cold' / 'hub'}) and HF_HUB_OFFLINE=1 forbids "
+                           "downloading; run once online (or unset HF_HUB_OFFLINE)")
   assert len(hub.requests) == before
 
 
@@ -149,7 +151,8 @@ def test_pytorch_bin_only_repo_is_converted_once_and_cached_by_hash(hub, tmp_pat
                                       "needs torch")
   assert not (home / "cellvit_jax").exists()
   got = _resolve(hub, home, "someone/virchow2-bin")
-  assert got["directory"].startswith(str(home / "cellvit_jax" / "converted")) and got["registers"] == 4
+  assert got["directory"].startswith(str(home / "cellvit_jax" / "converted"))
+  assert got["registers"] == 4
   blob = os.path.basename(got["directory"])
   assert os.path.isfile(home / "hub" / "models--someone--virchow2-bin" / "blobs" / blob)
   with open(os.path.join(got["directory"], "config.json")) as f:
@@ -163,8 +166,9 @@ def test_pytorch_bin_only_repo_is_converted_once_and_cached_by_hash(hub, tmp_pat
 def test_probe_through_the_command_line_with_a_hub_id(hub, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   flags = as_flags(fm_overrides(tiny_data_dir, "paige-ai/Virchow2", str(tmp_path / "cache")))
-  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main", "--config=configs/fm.py:virchow2,probe",
-                        f"--workdir={workdir}", *flags], cwd=REPO, capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main",
+                        "--config=configs/fm.py:virchow2,probe", f"--workdir={workdir}", *flags],
+                       cwd=REPO, capture_output=True, text=True,
                        env=_env(hub, tmp_path / "home", HF_TOKEN=TOKEN), timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   with open(os.path.join(workdir, "results.json")) as f:

@@ -36,7 +36,8 @@ def test_weights_of_another_family_name_both(weights):
   with pytest.raises(ValueError, match=r"holds a 'clip' checkpoint.*'phikon' expects 'vit'.*"
                                        r"--config.fm.preset=plip"):
     _build("phikon,probe", weights["plip"])
-  with pytest.raises(ValueError, match=r"holds a 'dinov2' checkpoint \(timm\).*'plip' expects 'clip'"):
+  with pytest.raises(ValueError,
+                     match=r"holds a 'dinov2' checkpoint \(timm\).*'plip' expects 'clip'"):
     _build("plip,probe", weights["uni"])
 
 
@@ -78,16 +79,18 @@ def test_input_size_not_a_multiple_of_the_patch(weights, preset):
 
 
 def test_vit_input_size_must_match_its_position_table(weights):
-  with pytest.raises(ValueError, match=r"input_size=48 differs from the checkpoint's image size 32"):
+  with pytest.raises(ValueError,
+                     match=r"input_size=48 differs from the checkpoint's image size 32"):
     _build("phikon,probe", weights["phikon"], input_size=48)
   assert _build("uni,probe", weights["uni"], input_size=48).input_size == 48  # Dinov2 interpolates
 
 
 def test_missing_and_empty_weights(tmp_path):
-  with pytest.raises(ValueError, match=r"config.fm.weights is empty; pass --config.fm.weights=owkin/phikon.*"
-                                       r"--tiny=phikon"):
+  with pytest.raises(ValueError, match=r"config.fm.weights is empty; "
+                                       r"pass --config.fm.weights=owkin/phikon.*--tiny=phikon"):
     _build("phikon,probe", "")
-  with pytest.raises(FileNotFoundError, match=r"is not a directory; pass the hub id \(--config.fm.weights=MahmoodLab/UNI\)"):
+  with pytest.raises(FileNotFoundError, match=r"is not a directory; pass the hub id "
+                                              r"\(--config.fm.weights=MahmoodLab/UNI\)"):
     _build("uni,probe", str(tmp_path / "nowhere"))
   (tmp_path / "bin").mkdir()
   (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"x")
@@ -99,10 +102,12 @@ def test_missing_and_empty_weights(tmp_path):
 def test_bad_fm_options_and_presets(weights):
   with pytest.raises(ValueError, match="config.fm.feature='avg'; valid: cls, cls_mean"):
     _build("phikon,probe", weights["phikon"], feature="avg")
-  with pytest.raises(ValueError, match="config.fm.resize_method='nearest'; valid: bilinear, bicubic"):
+  with pytest.raises(ValueError,
+                     match="config.fm.resize_method='nearest'; valid: bilinear, bicubic"):
     _build("phikon,probe", weights["phikon"], resize_method="nearest")
-  with pytest.raises(ValueError, match="unknown config.fm.preset 'virchow'; valid presets: gigapath, "
-                                       "hoptimus0, phikon, phikon2, plip, uni, uni2, virchow2"):
+  with pytest.raises(ValueError, match="unknown config.fm.preset 'virchow'; valid presets: "
+                                       "gigapath, hoptimus0, phikon, phikon2, plip, uni, uni2, "
+                                       "virchow2"):
     _config("virchow,probe", "")
   with pytest.raises(ValueError, match="mode 'train' is not one of probe, finetune"):
     _config("uni,train", "")
@@ -129,7 +134,8 @@ def test_converter_refuses_unsupported_timm_layouts(weights, tmp_path):
   # A classifier head is dropped, not refused: we read the features before it.
   assert convert.architecture({**state, "head.weight": z(5, 32)}, 2)["hidden_size"] == 32
   assert convert.default_heads(1280) == 16 and convert.default_heads(1536) == 24
-  with pytest.raises(ValueError, match=r"--num_heads=5 does not divide the checkpoint's hidden size 32"):
+  with pytest.raises(ValueError,
+                     match=r"--num_heads=5 does not divide the checkpoint's hidden size 32"):
     convert.timm_to_dinov2(state, num_heads=5)
   with pytest.raises(ValueError, match="--from='hf' is not supported"):
     convert.convert("hf", weights["uni"], str(tmp_path / "out"))
@@ -151,7 +157,8 @@ def test_feature_cache_ignores_a_corrupt_or_foreign_entry(tmp_path):
 def test_main_prints_one_error_line_and_writes_nothing(weights, tmp_path):
   workdir = tmp_path / "run"
   env = {**os.environ, "PYTHONPATH": REPO}
-  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main", "--config=configs/fm.py:phikon,probe",
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main",
+                        "--config=configs/fm.py:phikon,probe",
                         f"--config.fm.weights={weights['plip']}", f"--workdir={workdir}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
@@ -200,7 +207,8 @@ def test_importing_the_library_does_not_import_transformers():
 
 
 def test_unknown_preset_on_the_command_line_is_one_clear_line():
-  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main", "--config=configs/fm.py:virchow,probe"],
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.main",
+                        "--config=configs/fm.py:virchow,probe"],
                        cwd=REPO, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": REPO})
   assert out.returncode == 2

@@ -52,7 +52,8 @@ def weights(tmp_path_factory):
 def probe_run(tiny_data_dir, weights, tmp_path_factory):
   base = tmp_path_factory.mktemp("probe")
   workdir = str(base / "run")
-  main.run(fm_config("phikon,probe", tiny_data_dir, weights["phikon"], str(base / "cache")), workdir)
+  main.run(fm_config("phikon,probe", tiny_data_dir, weights["phikon"], str(base / "cache")),
+           workdir)
   return workdir
 
 
@@ -197,6 +198,7 @@ def test_weight_decay_spares_tokens_positions_norms_and_biases(weights, tiny_dat
   flat = {"/".join(str(k.key) for k in path): m for path, m in
           jax.tree_util.tree_leaves_with_path(foundation.weight_decay_mask(params))}
   decayed = {k for k, m in flat.items() if m}
-  assert "head/kernel" in decayed and "backbone/vision_model/embeddings/patch_embedding/kernel" in decayed
+  assert "head/kernel" in decayed
+  assert "backbone/vision_model/embeddings/patch_embedding/kernel" in decayed
   assert not any(s in k for k in decayed for s in ("class_embedding", "position_embedding",
                                                    "bias", "scale"))

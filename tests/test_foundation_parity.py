@@ -69,7 +69,8 @@ def timm_vit_forward(sd, x, num_heads, eps=1e-6, tokens=False):
     qkv = F.linear(h, p("attn.qkv.weight"), p("attn.qkv.bias"))
     q, k, v = qkv.reshape(b, n, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
     attn = ((q @ k.transpose(-2, -1)) * (d // num_heads) ** -0.5).softmax(-1)
-    h = F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), p("attn.proj.weight"), p("attn.proj.bias"))
+    h = F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), p("attn.proj.weight"),
+                 p("attn.proj.bias"))
     x = x + p("ls1.gamma") * h
     h = F.layer_norm(x, (d,), p("norm2.weight"), p("norm2.bias"), eps)
     h = F.linear(h, p("mlp.fc1.weight"), p("mlp.fc1.bias"))
@@ -143,7 +144,8 @@ def test_uni_timm_checkpoint_matches_timm_forward_and_converted_dinov2(tmp_path,
 def test_converter_reads_a_pytorch_pickle_and_defaults_heads_to_width_64(tmp_path):
   timm_dir = fm_tiny.write_tiny("uni", str(tmp_path / "t"), hidden=128, heads=2)
   state = fm_weights.read_safetensors(os.path.join(timm_dir, "model.safetensors"))
-  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, str(tmp_path / "uni.bin"))
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+             str(tmp_path / "uni.bin"))
   arch = convert.convert("timm", str(tmp_path / "uni.bin"), str(tmp_path / "out"))
   assert arch["num_attention_heads"] == 2  # 128 / 64
   assert os.path.isfile(tmp_path / "out" / "model.safetensors")

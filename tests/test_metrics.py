@@ -11,7 +11,8 @@ def test_metrics_of_a_known_confusion_matrix():
   assert m["confusion_matrix"] == [[8, 2, 0], [0, 5, 5], [0, 0, 10]]
   assert np.isclose(m["accuracy"], 23 / 30)
   assert np.isclose(m["balanced_accuracy"], (0.8 + 0.5 + 1.0) / 3)
-  f1 = [2 * 1.0 * 0.8 / 1.8, 2 * (5 / 7) * 0.5 / (5 / 7 + 0.5), 2 * (10 / 15) * 1.0 / (10 / 15 + 1.0)]
+  f1 = [2 * 1.0 * 0.8 / 1.8, 2 * (5 / 7) * 0.5 / (5 / 7 + 0.5),
+        2 * (10 / 15) * 1.0 / (10 / 15 + 1.0)]
   assert np.isclose(m["macro_f1"], np.mean(f1))
   assert m["per_class_recall"] == {"a": 0.8, "b": 0.5, "c": 1.0}
 

@@ -43,7 +43,8 @@ def test_task_models_decay_matrices_only_and_use_one_learning_rate():
   model = models.build("customvit", 4, dim=16, depth=1, num_heads=2)
   params = model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
   mask = model.weight_decay_mask(params)
-  assert jax.tree.leaves(jax.tree.map(lambda p, m: m == (p.ndim > 1), params, mask)) == [True] * len(jax.tree.leaves(params))
+  decayed_iff_matrix = jax.tree.map(lambda p, m: m == (p.ndim > 1), params, mask)
+  assert jax.tree.leaves(decayed_iff_matrix) == [True] * len(jax.tree.leaves(params))
   assert not model.layerwise_lr and not model.normalizes_input
   # No per-parameter scaling in the chain: the optimiser state is AdamW's (+ clip) only.
   tx, _ = optimizer.make_optimizer(_optim(grad_clip=0.0), model, 10, 5)
@@ -60,4 +61,5 @@ def test_the_step_normalises_only_for_models_that_do_not_normalise_themselves():
 
   np.testing.assert_array_equal(steps.model_input(SelfNormalising(), x, config), x)
   expected = (0.5 - np.asarray(config.normalize.mean)) / np.asarray(config.normalize.std)
-  np.testing.assert_allclose(steps.model_input(_TwoLayers(), x, config)[0, 0, 0], expected, rtol=1e-6)
+  np.testing.assert_allclose(steps.model_input(_TwoLayers(), x, config)[0, 0, 0], expected,
+                             rtol=1e-6)

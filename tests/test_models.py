@@ -44,7 +44,8 @@ SMALL_KWARGS = {
     "efficientnet_b0": dict(width_mult=0.25, depth_mult=0.25),
     "resnet18": dict(width=8),
     "resnet50": dict(width=8, stage_sizes=(1, 1, 1, 1)),
-    "swin_tiny": dict(embed_dim=16, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 4)),  # shifted blocks in stages 1-2
+    # Shifted blocks in stages 1-2.
+    "swin_tiny": dict(embed_dim=16, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 4)),
     "vit_small": dict(dim=32, depth=2, num_heads=2),
 }
 
@@ -68,7 +69,8 @@ def test_every_model_has_a_pinned_count():
 def test_model(name):
   # 1. The real default architecture: logits shape and parameter count, by shape inference only.
   full = models.build(name, num_classes=4)
-  out, shapes = jax.eval_shape(lambda: full.init_with_output(jax.random.key(0), jnp.zeros((2, 40, 40, 3))))
+  out, shapes = jax.eval_shape(
+      lambda: full.init_with_output(jax.random.key(0), jnp.zeros((2, 40, 40, 3))))
   assert out.shape == (2, 4) and out.dtype == jnp.float32
   assert _count(shapes["params"]) == PARAM_COUNTS[name]
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes["params"]))
@@ -135,7 +137,8 @@ def test_model(name):
 def test_config_builds_its_model(name):
   config = config_file.load(os.path.join(REPO, "configs", f"{name}.py"))
   assert config.model.name == name
-  model = models.build(config.model.name, num_classes=4, **config.model.kwargs)  # rejects unknown kwargs
+  # build rejects unknown kwargs.
+  model = models.build(config.model.name, num_classes=4, **config.model.kwargs)
   assert type(model) is models.get_class(name)
   # configs/<name>.py is the default architecture, whose parameter count is pinned above.
   default = models.build(name, num_classes=4)
@@ -162,19 +165,22 @@ def test_swin_block_matches_dense_masked_attention(shift):
   p = jax.tree_util.tree_map(lambda t: t, variables["params"])
   p["attn"]["relative_position_bias_table"] = jax.random.normal(
       jax.random.key(2), p["attn"]["relative_position_bias_table"].shape)
-  got = jax.jit(lambda p: block.apply({"params": p}, x, train=False), compiler_options=FAST_COMPILE)(p)
+  got = jax.jit(lambda p: block.apply({"params": p}, x, train=False),
+                compiler_options=FAST_COMPILE)(p)
 
   seg = np.array([0 if r < shift else 1 + (r - shift) // window for r in range(h)])
   rows, cols = np.divmod(np.arange(h * w), w)
   same = (seg[rows][:, None] == seg[rows][None]) & (seg[cols][:, None] == seg[cols][None])
   table = np.asarray(p["attn"]["relative_position_bias_table"])
-  offset = (rows[:, None] - rows[None] + window - 1) * (2 * window - 1) + (cols[:, None] - cols[None] + window - 1)
+  offset = ((rows[:, None] - rows[None] + window - 1) * (2 * window - 1)
+            + (cols[:, None] - cols[None] + window - 1))
   bias = np.where(same[None], table[np.clip(offset, 0, len(table) - 1)].transpose(2, 0, 1), -1e9)
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def reference(p):
     y = nn.LayerNorm(epsilon=1e-5).apply({"params": p["norm1"]}, x).reshape(2, h * w, dim)
-    y = layers.SelfAttention(heads).apply({"params": p["attn"]["attn"]}, y, False, bias=jnp.asarray(bias)[None])
+    y = layers.SelfAttention(heads).apply({"params": p["attn"]["attn"]}, y, False,
+                                          bias=jnp.asarray(bias)[None])
     out = x + y.reshape(x.shape)
     z = nn.LayerNorm(epsilon=1e-5).apply({"params": p["norm2"]}, out)
     return out + layers.Mlp(4 * dim).apply({"params": p["mlp"]}, z, False)

@@ -16,12 +16,12 @@ from conftest import REPO
 def _leaky_dataset(data_dir):
   """Two classes, specimen s1 in both train and test."""
   rng = np.random.default_rng(0)
-  example = lambda s, l: dict(image=rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), label=l,
-                              specimen=s, x=-1.0, y=-1.0, source="t")
+  example = lambda s, label: dict(image=rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+                                  label=label, specimen=s, x=-1.0, y=-1.0, source="t")
   splits = {"train": [("s1", 0), ("s1", 1), ("s2", 0), ("s2", 1)],
             "val": [("s3", 0), ("s3", 1)], "test": [("s1", 0), ("s4", 1)]}
   tfds_writer.write(data_dir, "leaky", ["a", "b"],
-                    {k: [example(s, l) for s, l in v] for k, v in splits.items()})
+                    {k: [example(s, label) for s, label in v] for k, v in splits.items()})
 
 
 def _cli(*args):

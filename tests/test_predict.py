@@ -46,12 +46,14 @@ def test_folder_predictions_match_evaluation(run, test_folder, tiny_trained_run,
   path = predict.run_mode(config, str(tmp_path / "out"))
   rows = _read(path)
   names = run.dataset.class_names
-  assert list(rows[0]) == ["path", "predicted_class", "predicted_index"] + [f"prob_{c}" for c in names]
+  assert list(rows[0]) == (["path", "predicted_class", "predicted_index"]
+                           + [f"prob_{c}" for c in names])
   assert len(rows) == len(labels)
   probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows])
   np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
   # Same patches through run.logits (one batch, no padding) give the same classes.
-  order = np.argsort([f"{names[l]}/p{i:04d}.png" for i, l in enumerate(labels)], kind="stable")
+  order = np.argsort([f"{names[label]}/p{i:04d}.png" for i, label in enumerate(labels)],
+                     kind="stable")
   expected = np.asarray(run.logits(images[order])).argmax(-1)
   assert [int(r["predicted_index"]) for r in rows] == expected.tolist()
   assert all(r["predicted_class"] == names[int(r["predicted_index"])] for r in rows)

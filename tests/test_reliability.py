@@ -61,7 +61,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, t
   proc.wait()
   assert checkpoint.Checkpointer(killed).latest_step() in (16, 32)
   assert not os.path.exists(os.path.join(killed, "results.json"))
-  subprocess.run(_cmd(tiny_data_dir, killed), cwd=REPO, check=True, capture_output=True, timeout=600)
+  subprocess.run(_cmd(tiny_data_dir, killed), cwd=REPO, check=True, capture_output=True,
+                 timeout=600)
 
   # Bitwise on CPU: every logged train metric (loss, parameter norm, ...) and the results.
   drop = ("images_per_sec",)
@@ -86,19 +87,22 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(tiny_data_dir, tmp_path):
   step = checkpoint.Checkpointer(workdir).latest_step()
   assert 3 <= step < 48
   assert not os.path.exists(os.path.join(workdir, "results.json"))
-  subprocess.run(_cmd(tiny_data_dir, workdir), cwd=REPO, check=True, capture_output=True, timeout=600)
+  subprocess.run(_cmd(tiny_data_dir, workdir), cwd=REPO, check=True, capture_output=True,
+                 timeout=600)
   steps = [r["step"] for r in _train_records(workdir)]
   assert steps == list(range(1, 49))  # resumed where it stopped, each step logged once
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tiny_data_dir, tmp_path):
+def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tiny_data_dir,
+                                                                            tmp_path):
   workdir = str(tmp_path / "run")
   proc = subprocess.run(_cmd(tiny_data_dir, workdir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
                                                          "optim.warmup_epochs": 0.0}),
                         cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2
   line = proc.stderr.strip().splitlines()[-1]
-  assert line.startswith("error: non-finite") and "at training step" in line and "learning rate" in line
+  assert line.startswith("error: non-finite")
+  assert "at training step" in line and "learning rate" in line
   bad_step = int(line.split("at training step ")[1].split(";")[0])
   latest = checkpoint.Checkpointer(workdir).latest_step()
   assert latest is None or latest < bad_step
@@ -149,7 +153,7 @@ def test_second_run_on_a_busy_workdir_stops_at_once_and_a_killed_holder_is_taken
   t0 = time.time()
   second = subprocess.run(_cmd(tiny_data_dir, workdir, **long_run), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
-  errors = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+  errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
   assert second.returncode == 2 and len(errors) == 1, second.stderr[-2000:]
   assert second.stderr.strip().splitlines()[-1] == errors[0]
   assert f"is in use by another run: pid {first.pid} on host {socket.gethostname()}" in errors[0]
@@ -228,7 +232,8 @@ def test_lock_takeover_rules_and_release(tmp_path, caplog):
   caplog.clear()
   with caplog.at_level("WARNING"):
     workdir_lock.acquire(d)
-  assert "taking over the lock of pid 4242 on gpu-node-7" in caplog.text and "no heartbeat" in caplog.text
+  assert "taking over the lock of pid 4242 on gpu-node-7" in caplog.text
+  assert "no heartbeat" in caplog.text
 
   # releases_own_locks frees what the call took and keeps what was held before it.
   other = str(tmp_path / "other")

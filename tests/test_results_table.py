@@ -54,4 +54,5 @@ def test_mean_over_seeds_sorted_by_val_and_test_only_where_every_seed_has_it(tmp
   assert rows[1][7] == "-"  # one seed of 'a' lacks test: no partial mean is shown
   path.write_text(rec("a", 0, 0.8) + "\n" + rec("a", 0, 0.8) + "\n")
   with pytest.raises(ValueError, match="two records of one seed"):
-    results_table.mean_markdown(results_table.read_records([str(path)], results_table.REQUIRED_MEAN))
+    results_table.mean_markdown(
+        results_table.read_records([str(path)], results_table.REQUIRED_MEAN))

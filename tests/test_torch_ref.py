@@ -18,8 +18,9 @@ from conftest import REPO  # noqa: E402
 
 
 def _flax_params(model, size=40):
-  variables = jax.jit(lambda r: model.init({"params": r, "dropout": r},
-                                           jnp.zeros((1, size, size, 3)), train=False))(jax.random.key(0))
+  init = lambda r: model.init({"params": r, "dropout": r}, jnp.zeros((1, size, size, 3)),
+                              train=False)
+  variables = jax.jit(init)(jax.random.key(0))
   return variables, sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 

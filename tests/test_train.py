@@ -26,7 +26,8 @@ def test_tiny_run_learns_and_writes_results(tiny_trained_run):
   assert results["test"]["accuracy"] > 0.4, results["test"]
   for f in ("results.json", "config.json", "metrics.jsonl"):
     assert os.path.exists(os.path.join(workdir, f))
-  assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert any(n.startswith("events.out.tfevents")
+             for n in os.listdir(os.path.join(workdir, "tensorboard")))
   with open(os.path.join(workdir, "results.json")) as f:
     stored = json.load(f)
   assert set(stored["test"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall",
@@ -46,7 +47,8 @@ def test_interrupted_run_resumes_and_finished_run_is_kept(tiny_data_dir, tmp_pat
   second = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), workdir)
   assert second["finished"] and second["step"] == total
   steps = [r["step"] for r in _records(workdir, "train")]
-  assert steps == sorted(steps) and steps[-1] == total and min(steps) <= 4  # continued, not restarted
+  # Continued, not restarted.
+  assert steps == sorted(steps) and steps[-1] == total and min(steps) <= 4
   with open(os.path.join(workdir, "results.json")) as f:
     stored = f.read()
   third = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), workdir)
@@ -63,7 +65,8 @@ def test_other_config_in_same_workdir_is_refused(tiny_data_dir, tmp_path):
                    if f != ".lock"}
   before = files()
   with pytest.raises(ValueError, match="different config.*optim.lr"):
-    train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "optim.lr": 0.1}), workdir)
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 1.0, "optim.lr": 0.1}),
+                             workdir)
   assert before == files() and "config.json" in before
   assert open(os.path.join(workdir, ".lock")).read() == ""  # and released
 
@@ -107,7 +110,8 @@ def test_eight_devices_match_one_device(name, equivalence_output):
   statistics included) after one step agree within 1e-5 and the loss curve over four steps
   within 5e-5. The tolerance is float32 reduction-order noise: the all-reduce sums in
   another order, and AdamW's g / sqrt(v) amplifies it for near-zero gradients over steps."""
-  line = [l for l in equivalence_output.splitlines() if l.startswith(f"DIFF {name} ")][0]
+  line = [out_line for out_line in equivalence_output.splitlines()
+          if out_line.startswith(f"DIFF {name} ")][0]
   loss_diff, param_diff = map(float, line.split()[2:])
   assert loss_diff < 5e-5 and param_diff < 1e-5, line
 

@@ -83,7 +83,8 @@ class ViT(nn.Module):
       self.embed = nn.Conv2d(cin, dim, 1)
     else:
       self.embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
-    self.pos_embedding = nn.Parameter(torch.randn(1, tokens + (0 if pos_before_cls else 1), dim) * 0.02)
+    self.pos_embedding = nn.Parameter(
+        torch.randn(1, tokens + (0 if pos_before_cls else 1), dim) * 0.02)
     self.cls = nn.Parameter(torch.zeros(1, 1, dim))
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r) for r in rates)
@@ -122,7 +123,8 @@ def ViTSmall(num_classes: int, patch_size=4, dim=384, depth=12, num_heads=6, mlp
              drop_path=0.1, dropout=0.0):
   if dropout:
     raise ValueError("the PyTorch ViT-S port has no dropout")
-  return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path, pos_before_cls=False)
+  return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path,
+             pos_before_cls=False)
 
 
 def _t(a):

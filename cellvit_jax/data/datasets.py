@@ -111,15 +111,18 @@ def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
   given = dict(config_dataset.get("synthetic", {}) or {})
   unknown = set(given) - fields
   if unknown:
-    raise ValueError(f"config.dataset.synthetic has unknown key(s) {sorted(unknown)}; valid: {sorted(fields)}")
+    raise ValueError(f"config.dataset.synthetic has unknown key(s) {sorted(unknown)}; "
+                     f"valid: {sorted(fields)}")
   return synthetic_cells.SyntheticSpec(**given)
 
 
-def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec, workers: int = 0):
+def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec,
+                    workers: int = 0):
   """Renders and writes a synthetic_cells dataset; workers=0: one thread per core (up to 16)."""
   synthetic_cells.check(spec)
   workers = workers or min(os.cpu_count() or 1, 16)
-  splits = {split: synthetic_cells.examples(spec, split, workers) for split in ("train", "val", "test")}
+  splits = {split: synthetic_cells.examples(spec, split, workers)
+            for split in ("train", "val", "test")}
   return tfds_writer.write(
       data_dir, name, synthetic_cells.CLASS_NAMES, splits, patch_size=synthetic_cells.SIZE,
       description=synthetic_cells.__doc__,
@@ -134,7 +137,8 @@ def check_available(name: str, data_dir: str = "") -> bool:
     raise ValueError("config.dataset.name is empty; use 'synthetic_cells' or a dataset built "
                      "with python -m data_prep.build")
   if os.path.isfile(os.path.join(data_dir, name)) or os.path.isfile(data_dir):
-    raise ValueError(f"dataset path {os.path.join(data_dir, name)!r} is a file, not a dataset folder")
+    raise ValueError(f"dataset path {os.path.join(data_dir, name)!r} is a file, "
+                     "not a dataset folder")
   if name.startswith(SYNTHETIC) or tfds_writer.exists(data_dir, name):
     return name.startswith(SYNTHETIC)
   available = sorted(d for d in os.listdir(data_dir)

@@ -97,8 +97,8 @@ def _from_csv(manifest: str, options: Options) -> Patches:
 def read_patches(input_path: str, patch_size: int, *, resize: bool = False, skip_bad: bool = False,
                  path_column: str = "path", x_column: str = "x", y_column: str = "y") -> Patches:
   """A folder or a .csv file -> Patches at patch_size; SourceError naming the input if unusable."""
-  options = Options(patch_size=patch_size, resize=resize, skip_bad=skip_bad, path_column=path_column,
-                    x_column=x_column, y_column=y_column)
+  options = Options(patch_size=patch_size, resize=resize, skip_bad=skip_bad,
+                    path_column=path_column, x_column=x_column, y_column=y_column)
   path = os.path.abspath(os.path.expanduser(input_path))
   if os.path.isdir(path):
     return _from_folder(path, options)

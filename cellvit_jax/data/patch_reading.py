@@ -41,7 +41,8 @@ from PIL import Image, UnidentifiedImageError
 # Lower-case file extensions read as images.  Anything else inside a class folder is a
 # "non-image file" (see data_prep/sources/folder.py); hidden files and OS droppings are
 # ignored everywhere.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm",
+                    ".pgm")
 IGNORED_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
 # numpy.pad modes that make sense for a crop; 'empty' would leave uninitialised memory.

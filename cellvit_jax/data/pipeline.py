@@ -45,7 +45,8 @@ def load_arrays(source, indices, chunk: int = 1024):
   indices = [int(i) for i in indices]
   for start in range(0, len(indices), chunk):
     part = indices[start:start + chunk]
-    records = source.__getitems__(part) if hasattr(source, "__getitems__") else [source[i] for i in part]
+    records = (source.__getitems__(part) if hasattr(source, "__getitems__")
+               else [source[i] for i in part])
     images.extend(np.asarray(r["image"], np.uint8) for r in records)
     labels.extend(int(r["label"]) for r in records)
   if not images:

@@ -145,8 +145,8 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
     r = _u(rng, 12.0, 22.0, n)
     a = _u(rng, 0, 2 * np.pi, n)
     cy, cx = 20 + r * np.sin(a), 20 + r * np.cos(a)
-    nh, nd, nr_, mask = _cell_layers(rng, n, cy, cx, _phenotypes(rng.integers(0, 4, n)), style, False,
-                                      nonspecific_fraction)
+    nh, nd, nr_, mask = _cell_layers(rng, n, cy, cx, _phenotypes(rng.integers(0, 4, n)), style,
+                                      False, nonspecific_fraction)
     h += present * nh
     dab += present * nd
     red += present * nr_

@@ -144,8 +144,8 @@ def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
       "sigma_units": f"pixels of the native {n}x{n} patch",
       "truncate": truncate,
       "boundary": boundary,
-      "pre_resize": _summarise(sigmas, evaluate_grid(run, images, labels, sigmas, "pre_resize", **kw),
-                               1.0, truncate),
+      "pre_resize": _summarise(
+          sigmas, evaluate_grid(run, images, labels, sigmas, "pre_resize", **kw), 1.0, truncate),
   }
   if same:
     result["post_resize"] = f"same as pre_resize: the model's input is {n}x{n}"
@@ -199,7 +199,8 @@ def table(result: dict) -> str:
       lines.append(f"post_resize: {block}")
       continue
     lines.append(f"{position}:")
-    lines.append(f"  {'sigma':>5}  {'accuracy':>8}  {'bal.acc':>8}  {'macro-F1':>8}  {'rel.acc':>7}")
+    lines.append(f"  {'sigma':>5}  {'accuracy':>8}  {'bal.acc':>8}  "
+                 f"{'macro-F1':>8}  {'rel.acc':>7}")
     for r in block["per_sigma"]:
       rel = "n/a" if r["relative_accuracy"] is None else f"{r['relative_accuracy']:.3f}"
       lines.append(f"  {r['sigma']:5.2f}  {r['accuracy']:8.4f}  {r['balanced_accuracy']:8.4f}  "

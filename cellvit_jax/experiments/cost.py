@@ -162,7 +162,8 @@ def main(argv):
   rows = []
   for spec in specs:
     if not os.path.isfile(spec.partition(":")[0]):
-      raise SystemExit(f"error: config file {spec!r} not found (--configs takes configs/*.py paths)")
+      raise SystemExit(f"error: config file {spec!r} not found "
+                       "(--configs takes configs/*.py paths)")
     row = config_cost(config_file.load(spec),
                       batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
     print(json.dumps(row), flush=True)
@@ -179,5 +180,6 @@ if __name__ == "__main__":
   flags.DEFINE_float("min_seconds", 2.0, "Minimum timed seconds per batch size.")
   flags.DEFINE_string("output", "", "Write the rows as JSON here.")
   flags.DEFINE_string("markdown", "", "Write the Markdown table here.")
-  flags.DEFINE_string("update", "", "Rewrite the cost-table block of this Markdown file (README.md).")
+  flags.DEFINE_string("update", "",
+                      "Rewrite the cost-table block of this Markdown file (README.md).")
   app.run(main)

@@ -50,7 +50,8 @@ def _forward(model):
 def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1.0) -> dict:
   model = preset_model(name)
   images = jax.ShapeDtypeStruct((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3), jnp.uint8)
-  init = lambda: model.init(jax.random.key(0), jnp.zeros((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3)))
+  init = lambda: model.init(jax.random.key(0),
+                            jnp.zeros((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3)))
   abstract = jax.eval_shape(init)
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract["params"])))
   compiled = jax.jit(_forward(model)).lower(abstract, images).compile()
@@ -70,7 +71,8 @@ def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1
 def cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
-      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+      return next((line.split(":", 1)[1].strip() for line in f
+                   if line.startswith("model name")), "")
   except OSError:
     return ""
 

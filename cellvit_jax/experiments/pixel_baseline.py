@@ -21,7 +21,8 @@ from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
 flags.DEFINE_string("dataset", "synthetic_cells", "Dataset name.")
-flags.DEFINE_string("data_dir", "", "Dataset folder ($CELLVIT_DATA / ~/tensorflow_datasets if empty).")
+flags.DEFINE_string("data_dir", "",
+                    "Dataset folder ($CELLVIT_DATA / ~/tensorflow_datasets if empty).")
 flags.DEFINE_list("flaglimit", ["1024"], "FlagLimit(s), samples per class.")
 flags.DEFINE_integer("seed", 0, "FlagLimit seed.")
 flags.DEFINE_list("l2", ["1e-3", "1e-2", "1e-1"], "L2 strengths tried; the best on val is kept.")

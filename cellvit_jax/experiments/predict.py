@@ -26,7 +26,8 @@ def make_predict_step(run):
   """Jitted (state, batch) -> softmax probabilities, batch sharded on 'data'."""
   def step(state, batch):
     return jax.nn.softmax(run.uint8_forward(state, batch["image"]), axis=-1)
-  return jax.jit(step, in_shardings=(parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)),
+  return jax.jit(step,
+                 in_shardings=(parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)),
                  out_shardings=parallel.replicated(run.mesh))
 
 
@@ -46,7 +47,8 @@ def probabilities(run, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 def to_csv(patches, probs, class_names) -> str:
   buf = io.StringIO()
-  header = patches.columns + ["predicted_class", "predicted_index"] + [f"prob_{c}" for c in class_names]
+  header = (patches.columns + ["predicted_class", "predicted_index"]
+            + [f"prob_{c}" for c in class_names])
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(header)
   pred = probs.argmax(-1)

@@ -22,7 +22,8 @@ import os
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import report_plots, study_results
 
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1",
+                "balanced_accuracy": "balanced accuracy"}
 
 
 def _fmt(mean, std, seeds):
@@ -184,7 +185,8 @@ def main(argv):
     out = write_report(f.study_dir, f.output_dir)
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None
-  print(f"wrote {out['report.md']} and {len(out) - 1} more file(s) in {os.path.dirname(out['report.md'])}")
+  print(f"wrote {out['report.md']} and {len(out) - 1} more file(s) "
+        f"in {os.path.dirname(out['report.md'])}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def blur(records, rows, flaglimit, position, path):
   fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
   for row in rows:
     c = study_results.blur_curves(records, row, flaglimit, position)
-    label = row + (" (input 40x40: = pre)" if c["same_as_pre"] and position == "post_resize" else "")
+    same = c["same_as_pre"] and position == "post_resize"
+    label = row + (" (input 40x40: = pre)" if same else "")
     ax.errorbar(c["sigmas"], c["mean"], yerr=c["std"], marker="o", capsize=3, label=label)
   where = "before the resize" if position == "pre_resize" else "after the resize (sigma scaled)"
   ax.set_title(f"blur {where}, FlagLimit {flaglimit}", fontsize=9)

@@ -39,7 +39,8 @@ def load_cells(study_dir: str) -> list[dict]:
         record = {"row": cell["row"], "mode": cell["mode"], "model": results["model"],
                   "flaglimit": int(results["flaglimit"]), "seed": int(results["seed"]),
                   "dataset": results["dataset"], "train_examples": results.get("train_examples"),
-                  "num_params": results.get("num_params"), "dir": os.path.relpath(cell_dir, study_dir),
+                  "num_params": results.get("num_params"),
+                  "dir": os.path.relpath(cell_dir, study_dir),
                   **{m: float(results["test"][m]) for m in METRICS}, "blur": {}}
         for position in POSITIONS:
           block = blur[position] if isinstance(blur[position], dict) else blur["pre_resize"]
@@ -50,8 +51,8 @@ def load_cells(study_dir: str) -> list[dict]:
               "same_as_pre": not isinstance(blur[position], dict)}
         records.append(record)
   if not records:
-    raise ValueError(f"--study_dir {study_dir!r} has no finished cell yet (no runs/*/*/*/cell.json); "
-                     "let the study finish at least one cell")
+    raise ValueError(f"--study_dir {study_dir!r} has no finished cell yet "
+                     "(no runs/*/*/*/cell.json); let the study finish at least one cell")
   return records
 
 

@@ -133,8 +133,9 @@ def architecture(state: dict, num_heads: int = 0, what: str = "") -> dict:
     except ValueError as e:
       raise ValueError(f"timm checkpoint {what}: blocks.0.mlp.fc2.weight: {e}") from None
   elif mlp % hidden:
-    raise ValueError(f"timm checkpoint {what}: blocks.0.mlp.fc1.weight has MLP width {mlp}, not a "
-                     f"multiple of the hidden size {hidden}; Dinov2Model needs an integer mlp_ratio")
+    raise ValueError(f"timm checkpoint {what}: blocks.0.mlp.fc1.weight has MLP width {mlp}, "
+                     f"not a multiple of the hidden size {hidden}; "
+                     "Dinov2Model needs an integer mlp_ratio")
   else:
     ratio = mlp // hidden
   heads = num_heads or default_heads(hidden)
@@ -178,7 +179,8 @@ def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
     for j, name in enumerate(("query", "key", "value")):
       out[h + f"attention.attention.{name}.weight"] = f32(qkv_w[j * d:(j + 1) * d])
       out[h + f"attention.attention.{name}.bias"] = f32(qkv_b[j * d:(j + 1) * d])
-    mlp = ("mlp.weights_in", "mlp.weights_out") if arch["use_swiglu_ffn"] else ("mlp.fc1", "mlp.fc2")
+    mlp = (("mlp.weights_in", "mlp.weights_out") if arch["use_swiglu_ffn"]
+           else ("mlp.fc1", "mlp.fc2"))
     renames = {"norm1": "norm1", "attn.proj": "attention.output.dense", "norm2": "norm2",
                "mlp.fc1": mlp[0], "mlp.fc2": mlp[1]}
     for src, dst in renames.items():

@@ -73,14 +73,15 @@ class ConvNeXt(interface.Model):
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f"downsample{i}_norm")(x)
-        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="SAME", kernel_init=_init, dtype=self.dtype,
-                    name=f"downsample{i}")(x)
+        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="SAME", kernel_init=_init,
+                    dtype=self.dtype, name=f"downsample{i}")(x)
       for j in range(depth):
         x = ConvNeXtBlock(rates[idx], self.layer_scale_init, self.dtype,
                           name=f"stage{i + 1}_block{j + 1}")(x, train)
         idx += 1
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x.mean(axis=(1, 2)))
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

@@ -72,7 +72,8 @@ class CustomViT(interface.Model):
     b, h, w, _ = x.shape
     p = self.patch_size
     if h % p or w % p:
-      raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; pick a divisor of {h}")
+      raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; "
+                       f"pick a divisor of {h}")
     if self.spt:
       x = shifted_patch_stack(x, max(p // 2, 1))
     if self.tokenizer == "patch":
@@ -82,7 +83,8 @@ class CustomViT(interface.Model):
         x = nn.LayerNorm(dtype=self.dtype, name="spt_norm")(x)
         x = nn.Dense(self.dim, dtype=self.dtype, name="embed")(x)
       else:
-        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embed")(x)
+        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    name="embed")(x)
     elif self.tokenizer == "conv":
       x = nn.Conv(self.dim // 2, (3, 3), padding="SAME", dtype=self.dtype, name="stem")(x)
       x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="stem_norm")(x))
@@ -120,9 +122,11 @@ class CustomViT(interface.Model):
     elif self.pool == "gap":
       x = x.mean(axis=1)
     else:  # CCT's sequence pooling: one learned score per token, softmax over tokens.
-      weights = jax.nn.softmax(nn.Dense(1, dtype=self.dtype, name="seq_pool")(x).astype(jnp.float32), axis=1)
+      scores = nn.Dense(1, dtype=self.dtype, name="seq_pool")(x)
+      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=1)
       x = jnp.sum(weights.astype(self.dtype) * x, axis=1)
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
   def _conv_tokenizer(self, x, train):

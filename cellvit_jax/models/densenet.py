@@ -43,8 +43,8 @@ class _BNReLUConv(nn.Module):
                      dtype=self.dtype, name="bn")(x)
     x = nn.relu(x)
     p = self.kernel // 2
-    return nn.Conv(self.features, (self.kernel, self.kernel), padding=((p, p), (p, p)), use_bias=False,
-                   kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
+    return nn.Conv(self.features, (self.kernel, self.kernel), padding=((p, p), (p, p)),
+                   use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
 
 
 class DenseLayer(nn.Module):
@@ -57,7 +57,8 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _BNReLUConv(self.bn_size * self.growth_rate, 1, self.bn_momentum, self.dtype, name="unit1")(x, train)
+    y = _BNReLUConv(self.bn_size * self.growth_rate, 1, self.bn_momentum, self.dtype,
+                    name="unit1")(x, train)
     y = _BNReLUConv(self.growth_rate, 3, self.bn_momentum, self.dtype, name="unit2")(y, train)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
@@ -76,7 +77,8 @@ class DenseNet(interface.Model):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
+    bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
+              dtype=self.dtype)
     x = x.astype(self.dtype)
     x = nn.Conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=_conv_init, dtype=self.dtype, name="stem")(x)
@@ -88,11 +90,13 @@ class DenseNet(interface.Model):
         x = jnp.concatenate([x, new], axis=-1)
       if i != len(self.block_config) - 1:
         features = int(x.shape[-1] * self.compression)
-        x = _BNReLUConv(features, 1, self.bn_momentum, self.dtype, name=f"transition{i + 1}")(x, train)
+        x = _BNReLUConv(features, 1, self.bn_momentum, self.dtype,
+                        name=f"transition{i + 1}")(x, train)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(nn.BatchNorm(name="final_bn", **bn)(x))
     x = x.mean(axis=(1, 2))
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

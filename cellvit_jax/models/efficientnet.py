@@ -84,7 +84,8 @@ class MBConv(nn.Module):
     y = nn.silu(layers.ConvBN(hidden, self.kernel, self.stride, groups=hidden, name="depthwise",
                                epsilon=BN_EPSILON, **cb)(y, train))
     if self.se_ratio > 0:
-      y = layers.SqueezeExcite(max(1, int(in_ch * self.se_ratio)), nn.silu, self.dtype, name="se")(y)
+      y = layers.SqueezeExcite(max(1, int(in_ch * self.se_ratio)), nn.silu, self.dtype,
+                               name="se")(y)
     # Linear bottleneck: no activation after the projection.
     y = layers.ConvBN(self.features, 1, name="project", epsilon=BN_EPSILON, **cb)(y, train)
     if self.stride == 1 and in_ch == self.features:
@@ -117,13 +118,15 @@ class EfficientNet(interface.Model):
     for i, (expand, kernel, stride, features, repeats) in enumerate(stages):
       for j in range(repeats):
         x = MBConv(features, expand, kernel, stride if j == 0 else 1, self.se_ratio,
-                   self.drop_path * idx / num_blocks, name=f"stage{i + 1}_block{j + 1}", **cb)(x, train)
+                   self.drop_path * idx / num_blocks, name=f"stage{i + 1}_block{j + 1}",
+                   **cb)(x, train)
         idx += 1
     x = nn.silu(layers.ConvBN(round_filters(1280, self.width_mult), 1, name="head_conv",
                               epsilon=BN_EPSILON, **cb)(x, train))
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

@@ -81,9 +81,9 @@ def write_tiny(preset_name: str, output: str, *, hidden=32, depth=2, heads=2, im
     vision = transformers.ViTConfig(**common, architectures=["ViTModel"])
     saved = vision.to_dict()
   elif preset.family == "dinov2":  # phikon-v2: a transformers Dinov2Model
-    vision = transformers.Dinov2Config(**{k: v for k, v in common.items() if k != "intermediate_size"},
-                                       mlp_ratio=4, layerscale_value=1.0, use_mask_token=False,
-                                       architectures=["Dinov2Model"])
+    dinov2_common = {k: v for k, v in common.items() if k != "intermediate_size"}
+    vision = transformers.Dinov2Config(**dinov2_common, mlp_ratio=4, layerscale_value=1.0,
+                                       use_mask_token=False, architectures=["Dinov2Model"])
     saved = {**vision.to_dict(), "layerscale_value": 1e-5}  # as phikon-v2's config.json
   else:
     text = dict(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
@@ -100,7 +100,8 @@ def write_tiny(preset_name: str, output: str, *, hidden=32, depth=2, heads=2, im
   tensors = fm_weights.to_pytorch_names(params)
   if preset.family == "clip":  # the rest of a CLIPModel's image side
     rng = np.random.default_rng(seed + 1)
-    tensors["visual_projection.weight"] = (0.05 * rng.standard_normal((hidden, hidden))).astype(np.float32)
+    tensors["visual_projection.weight"] = (
+        0.05 * rng.standard_normal((hidden, hidden))).astype(np.float32)
     tensors["logit_scale"] = np.asarray(2.6592, np.float32)
   convert.write_hf_dir(output, saved, tensors)
   return output

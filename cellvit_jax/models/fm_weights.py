@@ -211,8 +211,9 @@ def load_params(ckpt: Checkpoint, abstract: dict) -> dict:
       raise ValueError(
           f"config.fm.weights={ckpt.directory!r}: tensor {'.'.join(key)} has shape "
           f"{tuple(got[key].shape)} in {os.path.basename(ckpt.path)} but "
-          f"{'the tensor shapes' if ckpt.timm else 'config.json'} describe {ckpt.describe()}, which "
-          f"needs {tuple(spec.shape)}; config.json and the weights come from different models")
+          f"{'the tensor shapes' if ckpt.timm else 'config.json'} describe {ckpt.describe()}, "
+          f"which needs {tuple(spec.shape)}; "
+          "config.json and the weights come from different models")
     params[key] = np.ascontiguousarray(got[key], np.float32)
   return traverse_util.unflatten_dict(params)
 

@@ -56,7 +56,8 @@ class ConvBN(nn.Module):
                 dtype=self.dtype, name="conv")(x)
     return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                         epsilon=self.epsilon,
-                        scale_init=nn.initializers.zeros if self.zero_scale else nn.initializers.ones,
+                        scale_init=(nn.initializers.zeros if self.zero_scale
+                                    else nn.initializers.ones),
                         dtype=self.dtype, name="bn")(x)
 
 
@@ -131,10 +132,12 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
-    y = SelfAttention(self.num_heads, self.locality, self.dropout, self.dtype, name="attn")(y, train)
+    y = SelfAttention(self.num_heads, self.locality, self.dropout, self.dtype,
+                      name="attn")(y, train)
     x = x + DropPath(self.drop_path)(y, train)
     y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
-    y = Mlp(int(x.shape[-1] * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype, name="mlp")(y, train)
+    y = Mlp(int(x.shape[-1] * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
+            name="mlp")(y, train)
     return x + DropPath(self.drop_path)(y, train)
 
 
@@ -241,7 +244,8 @@ class WindowAttention(nn.Module):
                        ((2 * self.window - 1) ** 2, self.num_heads))
     index = relative_position_index(self.window)
     bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
-    if mask is not None:  # (nW, 1, N, N) + (1, heads, N, N), tiled over the batch (batch-major windows)
+    # (nW, 1, N, N) + (1, heads, N, N), tiled over the batch (batch-major windows).
+    if mask is not None:
       num_windows = mask.shape[0]
       bias = bias + jnp.asarray(mask)[:, None]
       bias = jnp.tile(bias, (x.shape[0] // num_windows, 1, 1, 1))

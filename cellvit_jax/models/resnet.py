@@ -45,7 +45,8 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool):
     cb = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
     y = nn.relu(layers.ConvBN(self.features, 3, self.stride, name="conv1", **cb)(x, train))
-    y = layers.ConvBN(self.features, 3, zero_scale=self.zero_init_residual, name="conv2", **cb)(y, train)
+    y = layers.ConvBN(self.features, 3, zero_scale=self.zero_init_residual, name="conv2",
+                      **cb)(y, train)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = layers.ConvBN(self.features, 1, self.stride, name="shortcut", **cb)(x, train)
     return nn.relu(x + y)
@@ -89,7 +90,8 @@ class ResNet(interface.Model):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    x = layers.ConvBN(self.width, 3, bn_momentum=self.bn_momentum, dtype=self.dtype, name="stem")(x, train)
+    x = layers.ConvBN(self.width, 3, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                      name="stem")(x, train)
     x = nn.relu(x)
     block_cls = Bottleneck if self.bottleneck else BasicBlock
     for i, num_blocks in enumerate(self.stage_sizes):
@@ -98,7 +100,8 @@ class ResNet(interface.Model):
         x = block_cls(self.width * 2 ** i, stride, self.zero_init_residual, self.bn_momentum,
                       self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
     x = x.mean(axis=(1, 2))
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

@@ -1,4 +1,5 @@
-"""Swin-T (Liu et al. 2021, "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows").
+"""Swin-T (Liu et al. 2021, "Swin Transformer: Hierarchical Vision Transformer using Shifted
+Windows").
 
 Faithful to Swin-T in everything but the input end:
 - patch embedding (conv, kernel = stride = patch) -> LayerNorm; no absolute position embedding;
@@ -60,13 +61,15 @@ class SwinBlock(nn.Module):
       y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
       mask = layers.shifted_window_mask(h, w, self.window, self.shift)
     y = layers.window_partition(y, self.window)
-    y = layers.WindowAttention(self.num_heads, self.window, self.dropout, self.dtype, name="attn")(y, mask, train)
+    y = layers.WindowAttention(self.num_heads, self.window, self.dropout, self.dtype,
+                               name="attn")(y, mask, train)
     y = layers.window_reverse(y, self.window, h, w)
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
     x = x + layers.DropPath(self.drop_path)(y, train)
     y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
-    y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype, name="mlp")(y, train)
+    y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
+                   name="mlp")(y, train)
     return x + layers.DropPath(self.drop_path)(y, train)
 
 
@@ -79,7 +82,8 @@ class PatchMerging(nn.Module):
     b, h, w, c = x.shape
     if h % 2 or w % 2:
       x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                        axis=-1)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
     return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction")(x)
 
@@ -100,10 +104,12 @@ class Swin(interface.Model):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if len(self.depths) != len(self.num_heads):
-      raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have the same length")
+      raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} "
+                       "must have the same length")
     x = x.astype(self.dtype)
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embed")(x)
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="embed")(x)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="embed_norm")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     rates = layers.drop_path_rates(self.drop_path, sum(self.depths))
@@ -116,12 +122,13 @@ class Swin(interface.Model):
       if min(h, w) <= window:  # the official rule: one window covering the map, no shift
         window, shift = min(h, w), 0
       for j in range(depth):
-        x = SwinBlock(heads, window, shift if j % 2 else 0, self.mlp_ratio, rates[idx], self.dropout,
-                      self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+        x = SwinBlock(heads, window, shift if j % 2 else 0, self.mlp_ratio, rates[idx],
+                      self.dropout, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
         idx += 1
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
     x = x.mean(axis=(1, 2))
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

@@ -43,7 +43,8 @@ class ViT(interface.Model):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}")
-    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embed")(x)
+    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="embed")(x)
     x = x.reshape(b, -1, self.dim)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
     x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (b, 1, 1)), x], axis=1)
@@ -54,7 +55,8 @@ class ViT(interface.Model):
       x = layers.EncoderBlock(self.num_heads, self.mlp_ratio, rate, self.dropout, dtype=self.dtype,
                               name=f"block{i}")(x, train)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)[:, 0]
-    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="head")
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")
     return head(x).astype(jnp.float32)
 
 

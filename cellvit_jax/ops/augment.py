@@ -40,6 +40,7 @@ def random_blur(rng, images, prob, sigma_min, sigma_max: float, **blur_kwargs):
   """
   images = jnp.asarray(images)
   if images.ndim != 4:
-    raise ValueError(f"random_blur expects images of rank 4 (B, H, W, C), got shape {images.shape}.")
+    raise ValueError("random_blur expects images of rank 4 (B, H, W, C), "
+                     f"got shape {images.shape}.")
   sigma = sample_blur_sigma(rng, images.shape[0], prob, sigma_min, sigma_max)
   return blur.gaussian_blur(images, sigma, max_sigma=float(sigma_max), **blur_kwargs)

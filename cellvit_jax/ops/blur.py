@@ -45,12 +45,18 @@ def kernel_radius(sigma: float, truncate: float = 3.0) -> int:
 
 
 def static_radius(max_sigma: float, truncate: float = 3.0) -> int:
-  """The static convolution radius `ceil(truncate * max_sigma)`, >= `kernel_radius(s)` for s <= max_sigma."""
+  """The static convolution radius `ceil(truncate * max_sigma)`.
+
+  It is >= `kernel_radius(s)` for s <= max_sigma.
+  """
   return int(math.ceil(truncate * float(max_sigma)))
 
 
 def _concrete(x):
-  """`x` as a numpy array if its value is known now (Python / numpy / committed jax array), else None."""
+  """`x` as a numpy array if its value is known now, else None.
+
+  Known now: a Python number, a numpy array or a committed jax array.
+  """
   if isinstance(x, jax.core.Tracer):
     return None
   return np.asarray(x)
@@ -223,7 +229,7 @@ def _blur_conv(images, weights, radius, mode, cval, precision):
 
 
 def _separable_depthwise(x, kernel, precision):
-  """VALID vertical then horizontal depthwise pass of a (K, G) kernel over NHWC x with G channels."""
+  """VALID vertical then horizontal depthwise pass of a (K, G) kernel over NHWC x (G channels)."""
   taps, groups = kernel.shape
   dn = ("NHWC", "HWIO", "NHWC")
   conv = lambda y, k: jax.lax.conv_general_dilated(
