@@ -32,6 +32,7 @@ def test_screening_rows_carry_val_only_and_finals_keep_test(tmp_path):
 def test_a_run_is_not_written_twice_and_unfinished_runs_are_named(tmp_path):
   run = _run(tmp_path)
   out = tmp_path / "rows.jsonl"
+  export_rows.define_flags()
   flags.FLAGS(["export_rows", "--tag=v", "--recipe=base15", f"--output={out}"])
   try:
     export_rows.main(["export_rows", run])

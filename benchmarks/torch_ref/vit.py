@@ -66,20 +66,22 @@ class ViT(nn.Module):
 
   def __init__(self, num_classes: int, patch_size: int, dim: int, depth: int, num_heads: int,
                mlp_ratio: float, drop_path: float, pos_before_cls: bool, image_size: int = 40,
-               stem_width: int = 0):
+               stem_width: int = 0, stem_full_res: bool = True):
     super().__init__()
     tokens = (image_size // patch_size) ** 2
     self.pos_before_cls = pos_before_cls
     # stem_width > 0: CustomViT's 'convstem' (3x3 conv + BN + ReLU at full resolution, then
-    # log2(patch) stride-2 stages doubling the width up to dim, then a 1x1 projection).
+    # log2(patch) stride-2 stages doubling the width up to dim, then a 1x1 projection;
+    # stem_full_res=False drops the stride-1 conv, as the Flax switch does).
     self.stem = nn.ModuleList()
     if stem_width:
       cin, width = 3, stem_width
       stages = patch_size.bit_length() - 1
-      for i in range(stages + 1):
-        self.stem.append(ConvBN(cin, width, 3, stride=1 if i == 0 else 2))
+      strides = ([1] if stem_full_res else []) + [2] * stages
+      for i, stride in enumerate(strides):
+        self.stem.append(ConvBN(cin, width, 3, stride=stride))
         cin = width
-        width = min(width * 2, dim) if i < stages else width
+        width = min(width * 2, dim) if i < len(strides) - 1 else width
       self.embed = nn.Conv2d(cin, dim, 1)
     else:
       self.embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
@@ -108,15 +110,15 @@ class ViT(nn.Module):
 
 
 def CustomViT(num_classes: int, patch_size=4, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
-              tokenizer="convstem", stem_width=0, spt=False, lsa=False, pos_emb="learned",
-              pool="cls", drop_path=0.1, dropout=0.0):
+              tokenizer="convstem", stem_width=0, stem_full_res=True, spt=False, lsa=False,
+              pos_emb="learned", pool="cls", drop_path=0.1, dropout=0.0):
   if (tokenizer not in ("patch", "convstem")
       or (spt, lsa, pos_emb, pool, dropout) != (False, False, "learned", "cls", 0.0)):
     raise ValueError("the PyTorch CustomViT ports the 'patch' and 'convstem' tokenizers with "
                      "learned positions and pool 'cls', no SPT/LSA/dropout")
   stem = (stem_width or max(dim // 4, 8)) if tokenizer == "convstem" else 0
   return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path,
-             pos_before_cls=True, stem_width=stem)
+             pos_before_cls=True, stem_width=stem, stem_full_res=stem_full_res)
 
 
 def ViTSmall(num_classes: int, patch_size=4, dim=384, depth=12, num_heads=6, mlp_ratio=4.0,

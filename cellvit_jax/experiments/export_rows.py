@@ -24,11 +24,18 @@ from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import cost
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tag", "", "Variant name of these runs (one table row when seeds differ).")
-flags.DEFINE_string("recipe", "", "Training-recipe name (defined in docs/customvit.md).")
-flags.DEFINE_string("output", "", "JSON-lines file to append to.")
-flags.DEFINE_bool("with_test", False, "Keep the test metrics (final configurations only; "
-                  "screening rows carry val only, so no choice can look at test).")
+
+
+def define_flags():
+  """The command line's flags, defined only when run as a program (absl flags are
+  process-wide; tests import this module next to other CLIs). Defining them twice is a no-op."""
+  if "recipe" in flags.FLAGS:
+    return
+  flags.DEFINE_string("tag", "", "Variant name of these runs (one table row when seeds differ).")
+  flags.DEFINE_string("recipe", "", "Training-recipe name (defined in docs/customvit.md).")
+  flags.DEFINE_string("output", "", "JSON-lines file to append to.")
+  flags.DEFINE_bool("with_test", False, "Keep the test metrics (final configurations only; "
+                    "screening rows carry val only, so no choice can look at test).")
 
 
 def host_name() -> str:
@@ -102,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

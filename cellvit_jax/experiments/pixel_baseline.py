@@ -20,16 +20,21 @@ from cellvit_jax import logistic, metrics
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 
-flags.DEFINE_string("dataset", "synthetic_cells", "Dataset name.")
-flags.DEFINE_string("data_dir", "",
-                    "Dataset folder ($CELLVIT_DATA / ~/tensorflow_datasets if empty).")
-flags.DEFINE_list("flaglimit", ["1024"], "FlagLimit(s), samples per class.")
-flags.DEFINE_integer("seed", 0, "FlagLimit seed.")
-flags.DEFINE_list("l2", ["1e-3", "1e-2", "1e-1"], "L2 strengths tried; the best on val is kept.")
-flags.DEFINE_string("output", "", "Optional JSON file for the results.")
-flags.DEFINE_bool("allow_shared_specimens", False, "Fit even when a specimen has patches in more "
-                  "than one split (as config.dataset.allow_shared_specimens in training).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags, defined only when run as a program: tests import this module
+  next to other CLIs, and absl flags are process-wide."""
+  flags.DEFINE_string("dataset", "synthetic_cells", "Dataset name.")
+  flags.DEFINE_string("data_dir", "",
+                      "Dataset folder ($CELLVIT_DATA / ~/tensorflow_datasets if empty).")
+  flags.DEFINE_list("flaglimit", ["1024"], "FlagLimit(s), samples per class.")
+  flags.DEFINE_integer("seed", 0, "FlagLimit seed.")
+  flags.DEFINE_list("l2", ["1e-3", "1e-2", "1e-1"], "L2 strengths tried; the best on val is kept.")
+  flags.DEFINE_string("output", "", "Optional JSON file for the results.")
+  flags.DEFINE_bool("allow_shared_specimens", False, "Fit even when a specimen has patches in more "
+                    "than one split (as config.dataset.allow_shared_specimens in training).")
 
 
 def _pixels(images):
@@ -74,4 +79,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
