@@ -17,15 +17,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import feature_cache, logistic, metrics, parallel, results as results_lib, steps
+from cellvit_jax import feature_cache, logistic, metrics, parallel, probe_head
+from cellvit_jax import results as results_lib
 from cellvit_jax import workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.models import fm_presets, fm_weights, foundation
 from cellvit_jax.ops import normalize
-
-HEAD_FILE = "probe_head.npz"
-
 
 def feature_extractor(model, params, mesh, batch_size: int):
   """`images uint8 (N, H, W, 3) -> float32 features (N, D)`, in fixed-shape sharded batches."""
@@ -70,7 +68,7 @@ def train_probe(config, workdir: str) -> dict:
   model, grid = check_config(config, mesh)
   workdir = workdir_lib.prepare(workdir, config)
   results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path) and os.path.exists(os.path.join(workdir, HEAD_FILE)):
+  if os.path.exists(results_path) and os.path.exists(os.path.join(workdir, probe_head.HEAD_FILE)):
     logging.info("%s already holds a finished probe; not refitting.", workdir)
     with open(results_path) as f:
       return json.load(f)
@@ -142,31 +140,9 @@ def train_probe(config, workdir: str) -> dict:
                "head": head_seconds},
       train_images_per_sec=None)
   if jax.process_index() == 0:
-    feature_cache.atomic_savez(os.path.join(workdir, HEAD_FILE), kernel=kernel.astype(np.float32),
-                               bias=bias.astype(np.float32), l2=np.float64(l2))
+    probe_head.save(workdir, kernel, bias, l2)
     workdir_lib.write_json(workdir, "results.json", results)
   return results
-
-
-def head_state(config, model, workdir: str, mesh):
-  """A TrainState of a finished probe: the published backbone and the stored head."""
-  import optax
-  path = os.path.join(workdir, HEAD_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir} holds no finished probe (no {HEAD_FILE}); run it first: "
-                            f"python -m cellvit_jax.main --config=configs/fm.py:"
-                            f"{config.fm.preset},probe --workdir={workdir}")
-  with np.load(path) as f:
-    kernel, bias = f["kernel"], f["bias"]
-  backbone = foundation.pretrained_backbone(config, model)
-  feature_dim = model.hf_config.hidden_size * (2 if model.feature == "cls_mean" else 1)
-  if kernel.shape != (feature_dim, model.num_classes):
-    raise ValueError(f"{path} holds a head of shape {kernel.shape} but the model's features and "
-                     f"classes need {(feature_dim, model.num_classes)}; the weights or dataset "
-                     "changed since the probe ran: rerun it in a new --workdir")
-  params = {"backbone": backbone, "head": {"kernel": kernel, "bias": bias}}
-  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
-  return parallel.replicate(state, mesh)
 
 
 def run_mode(config, workdir: str):

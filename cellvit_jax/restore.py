@@ -19,7 +19,7 @@ before a config field existed still load, with that field at its default), the s
 from the latest orbax checkpoint.  Foundation-model runs return the same shape: a
 finetune run is a checkpointed run like any other (input_size 224, resize with its
 configured method); a probe run has no checkpoint: its backbone comes from
-config.fm.weights and its head from workdir/probe_head.npz (probe.head_state).
+config.fm.weights and its head from workdir/probe_head.npz (probe_head.head_state).
 """
 import dataclasses
 import json
@@ -29,7 +29,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from cellvit_jax import checkpoint, models, optimizer, parallel, probe, steps, stored_config
+from cellvit_jax import checkpoint, models, optimizer, parallel, probe_head, steps, stored_config
 from cellvit_jax import train_length
 from cellvit_jax.data import datasets, flaglimit
 from cellvit_jax.ops import normalize
@@ -123,7 +123,7 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   fm = dict(input_size=getattr(model, "input_size", 0),
             resize_method=getattr(model, "resize_method", "bilinear"))
   if is_probe:
-    state = probe.head_state(config, model, workdir, mesh)
+    state = probe_head.head_state(config, model, workdir, mesh)
     return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
                step=0, total_steps=0, mesh=mesh, **fm)
   # The optimiser exactly as training built it, so the checkpoint's tree matches.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import config_file, main, optimizer, probe, restore
+from cellvit_jax import config_file, main, optimizer, probe, probe_head, restore
 from cellvit_jax.data import pipeline
 from cellvit_jax.models import fm_tiny, foundation
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
@@ -92,7 +92,7 @@ def test_probe_through_main_with_tiny_cli_checkpoint(tiny_data_dir, tmp_path):
   assert results["finished"] and results["mode"] == "probe" and results["model"] == "uni"
   assert results["train_examples"] == 4 * 32 and results["feature_dim"] == 32
   assert results["l2"] in results["config"]["fm"]["probe_l2_grid"]  # chosen from the grid
-  assert os.path.isfile(os.path.join(workdir, probe.HEAD_FILE))
+  assert os.path.isfile(os.path.join(workdir, probe_head.HEAD_FILE))
 
 
 def test_finetune_through_main_starts_from_weights_and_resumes(finetune_run, weights,

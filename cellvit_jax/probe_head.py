@@ -1,0 +1,41 @@
+"""The linear probe's head file (workdir/probe_head.npz): written by mode=probe (probe.py),
+read back by restore.load_run, which needs it without the probe's training code.
+
+The head has the feature standardisation folded in, so backbone -> head is the whole model.
+"""
+import os
+
+import numpy as np
+import optax
+
+from cellvit_jax import feature_cache, parallel, steps
+from cellvit_jax.models import foundation
+
+HEAD_FILE = "probe_head.npz"
+
+
+def save(workdir: str, kernel, bias, l2: float):
+  """Writes the head atomically (the last file a finished probe writes before results.json)."""
+  feature_cache.atomic_savez(os.path.join(workdir, HEAD_FILE),
+                             kernel=np.asarray(kernel, np.float32),
+                             bias=np.asarray(bias, np.float32), l2=np.float64(l2))
+
+
+def head_state(config, model, workdir: str, mesh):
+  """A TrainState of a finished probe: the published backbone and the stored head."""
+  path = os.path.join(workdir, HEAD_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} holds no finished probe (no {HEAD_FILE}); run it first: "
+                            f"python -m cellvit_jax.main --config=configs/fm.py:"
+                            f"{config.fm.preset},probe --workdir={workdir}")
+  with np.load(path) as f:
+    kernel, bias = f["kernel"], f["bias"]
+  backbone = foundation.pretrained_backbone(config, model)
+  feature_dim = model.hf_config.hidden_size * (2 if model.feature == "cls_mean" else 1)
+  if kernel.shape != (feature_dim, model.num_classes):
+    raise ValueError(f"{path} holds a head of shape {kernel.shape} but the model's features and "
+                     f"classes need {(feature_dim, model.num_classes)}; the weights or dataset "
+                     "changed since the probe ran: rerun it in a new --workdir")
+  params = {"backbone": backbone, "head": {"kernel": kernel, "bias": bias}}
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
+  return parallel.replicate(state, mesh)
