@@ -33,7 +33,6 @@ parameters and set layerscale_value = 1.0 (exact in all ports); timm's LayerNorm
 import json
 import math
 import os
-import struct
 import sys
 
 import numpy as np
@@ -193,37 +192,27 @@ def timm_to_dinov2(state: dict, num_heads: int = 0, what: str = "") -> tuple:
   return arch, out
 
 
-def safetensors_header(path: str) -> dict:
-  """The JSON header of a .safetensors file, after checking the file holds all its data."""
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    head = f.read(8)
-    if len(head) < 8:
-      raise ValueError(f"weights file {path!r} is truncated ({size} bytes, no safetensors header); "
-                       "download it again")
-    (n,) = struct.unpack("<Q", head)
-    if n > size - 8:
-      raise ValueError(f"weights file {path!r} is truncated or not a safetensors file (header of "
-                       f"{n} bytes in a {size}-byte file); download it again")
-    try:
-      header = json.loads(f.read(n))
-    except ValueError:
-      raise ValueError(f"weights file {path!r} has a corrupt safetensors header; download it "
-                       "again") from None
-  header.pop("__metadata__", None)
-  end = max((v["data_offsets"][1] for v in header.values()), default=0)
-  if 8 + n + end > size:
-    raise ValueError(f"weights file {path!r} is truncated: its header announces {8 + n + end} "
-                     f"bytes but the file has {size}; download it again")
-  return header
+def _open_safetensors(path: str):
+  """safetensors.safe_open (lazy: the header now, tensors on request), its errors made ours."""
+  from safetensors import SafetensorError, safe_open  # deferred: only FM code reads weights
+  try:
+    return safe_open(path, framework="flax")  # flax: handles bf16, which numpy lacks
+  except SafetensorError as e:
+    raise ValueError(f"weights file {path!r} is truncated or not a safetensors file "
+                     f"({os.path.getsize(path)} bytes; {e}); download it again") from None
+
+
+def safetensors_shapes(path: str) -> dict:
+  """name -> shape of every tensor in a .safetensors file, read from its header only (the
+  file's length is checked against the header, so a truncated download is caught here)."""
+  with _open_safetensors(path) as f:
+    return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def read_safetensors(path: str) -> dict:
   """name -> float32 numpy array (bf16/f16 upcast), without torch."""
-  safetensors_header(path)
-  from safetensors import safe_open
   out = {}
-  with safe_open(path, framework="flax") as f:  # handles bf16, which numpy lacks
+  with _open_safetensors(path) as f:
     for k in f.keys():
       out[k] = np.asarray(f.get_tensor(k), np.float32)
   return out

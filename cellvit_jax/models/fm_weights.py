@@ -20,7 +20,7 @@ from flax import serialization, traverse_util
 from cellvit_jax.models import convert, fm_hub, fm_presets
 # Reading a .safetensors file lives with the converter (it needs it too, and this module
 # builds on the converter); the names stay importable from here.
-from cellvit_jax.models.convert import read_safetensors, safetensors_header  # noqa: F401
+from cellvit_jax.models.convert import read_safetensors, safetensors_shapes  # noqa: F401
 
 # config.json model_type -> the family whose Flax port runs it.
 MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
@@ -103,7 +103,7 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
     except ValueError as e:
       raise ValueError(f"{config_path!r} is not valid JSON ({e}); download it again") from None
   # The header is read (and the file's length checked) now, before any run writes a file.
-  header = safetensors_header(path) if fmt == "safetensors" else None
+  header = safetensors_shapes(path) if fmt == "safetensors" else None
   timm = "model_type" not in raw
   if timm:  # a timm checkpoint: architecture from its tensor shapes
     if fmt != "safetensors":
@@ -113,9 +113,8 @@ def _inspect(directory: str, stamp: tuple, expected_family: str, preset_name: st
       raise ValueError(f"config.fm.weights={directory!r}: config.json has no model_type and "
                        f"{os.path.basename(path)} is not a timm ViT state dict; point it at the "
                        f"published {preset_name} directory")
-    shapes = {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), tuple(v["shape"]),
-                                                 (0,) * len(v["shape"]))
-              for k, v in header.items()}  # shapes only: zero-stride views allocate nothing
+    shapes = {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, (0,) * len(shape))
+              for k, shape in header.items()}  # shapes only: zero-stride views allocate nothing
     heads = num_heads or int(raw.get("model_args", {}).get("num_heads", 0) or 0)
     raw = convert.architecture(shapes, heads, repr(path))
   family = MODEL_TYPES.get(raw["model_type"])
