@@ -147,7 +147,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pending, window, timed_steps, timed_seconds, t_mark, val = [], [], 0, 0.0, None, None
   end = min(total, start + config.train.max_steps_per_run) if config.train.max_steps_per_run > 0 else total
   bar = _progress(total, start, config)
-  step = start
+  step, calls = start, 0
   with preemption.PreemptionWatch() as watch:
     while step < end:
       n = dispatch.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
@@ -156,8 +156,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, m = multi_step(state, resident, xs, np.int32(n), step_rng)
       pending.append((m, n))
       bar.update(n)
-      done = step + n
-      preempted = watch.should_stop(done)
+      done, calls = step + n, calls + 1
+      # Several processes agree on a stop through a sync point that must see ids rising by
+      # one: the call count (identical on every process), not the step.
+      preempted = watch.should_stop(calls)
       is_eval = done % eval_every == 0 or done == total
       is_ckpt = done % ckpt_every == 0 or done == end or preempted
       # Metrics are fetched only here (no per-step host sync), and always before a
