@@ -22,11 +22,16 @@ PY = "python"
 
 BENCHMARKS = (  # (name, command, why)
     ("train_customvit", f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
-     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, batch 256."),
+     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch eager fp32/bf16-autocast "
+     "and torch.compile fp32, batch 256."),
     ("train_resnet18", f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes tens "
      "of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun with "
      "--batch=256 on a faster device."),
+    ("train_loop", f"{PY} -m benchmarks.train_loop",
+     "End-to-end training images/s, new loop (training subset on the device, k steps per "
+     "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "
+     "(default configs) and a small CustomViT where the host loop shows, interleaved."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=bfloat16",

@@ -65,6 +65,7 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_probe(config, workdir: str) -> dict:
+  config = steps.with_resolved_dtype(config)  # config.json records the dtype computed in
   mesh = parallel.make_mesh()
   model, grid = check_config(config, mesh)
   workdir = workdir_lib.prepare(workdir, config)

@@ -25,11 +25,35 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(name: str, backend: str = "") -> str:
+  """config.model.dtype -> "float32" | "bfloat16". "auto" (the default) computes in bf16 on
+  GPU/TPU and in float32 on CPU, where XLA:CPU bf16 measured slower (benchmarks/FINDINGS.md);
+  parameters and optimiser state stay float32 either way."""
+  if name == "auto":
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+  if name not in _DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; choose one of "
+                     f"{sorted(['auto', *_DTYPES])}")
+  return name
+
+
 def compute_dtype(name: str):
-  valid = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if name not in valid:
-    raise ValueError(f"config.model.dtype={name!r} is not supported; choose one of {sorted(valid)}")
-  return valid[name]
+  return _DTYPES[resolve_dtype(name)]
+
+
+def with_resolved_dtype(config):
+  """A copy of `config` whose model.dtype names the dtype this backend computes in, so that
+  config.json and results.json record it (and a run moved to another backend is refused as
+  a different config rather than resumed in another precision)."""
+  resolved = resolve_dtype(config.model.dtype)
+  if resolved == config.model.dtype:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.dtype = resolved
+  return config
 
 
 def blur_augment_config(config):
@@ -127,8 +151,9 @@ def _tree_norm(tree):
   return optax.tree.norm(tree)
 
 
-def make_steps(model, config, schedule, mesh):
-  """Returns jitted (train_step, eval_step) for `model`."""
+def make_train_step(model, config, schedule):
+  """The pure train step `(state, batch, rng) -> (state, metrics)`, not jitted: make_steps
+  jits it alone, dispatch.make_multi_step scans it over several batches in one call."""
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
 
@@ -160,6 +185,13 @@ def make_steps(model, config, schedule, mesh):
         "lr": schedule(state.step),
     }
     return new_state, metrics
+
+  return train_step
+
+
+def make_steps(model, config, schedule, mesh):
+  """Returns jitted (train_step, eval_step) for `model`."""
+  train_step = make_train_step(model, config, schedule)
 
   def eval_step(state, batch):
     logits = eval_logits(model, config, state, normalize.to_float(batch["image"]))

@@ -18,6 +18,8 @@ from cellvit_jax import workdir_lock
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
                      "dataset.data_dir", "dataset.cache", "train.max_steps_per_run",
+                     # the same batches and steps, held or dispatched differently (dispatch.py)
+                     "dataset.on_device", "dataset.on_device_max_mb", "train.steps_per_dispatch",
                      # where the FM feature cache lives (entries are keyed by content)
                      "fm.cache_dir", "fm.feature_batch_size"}
 # Keys added to the config after runs had been written, with the value their absence
@@ -27,7 +29,9 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "fm.preset": "", "fm.weights": "", "fm.num_heads": 0, "fm.input_size": 0,
               "fm.resize_method": "", "fm.feature": "", "fm.layer_decay": 0.75,
               "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
-              "fm.feature_batch_size": 64, "fm.cache_dir": ""}
+              "fm.feature_batch_size": 64, "fm.cache_dir": "",
+              "dataset.on_device": "auto", "dataset.on_device_max_mb": 1024,
+              "train.steps_per_dispatch": 1}
 
 
 # Below this much free space a failed write is put down to a full disk.

@@ -1,0 +1,163 @@
+"""Device-resident training data, several steps per dispatch and compute dtype "auto"
+(cellvit_jax/dispatch.py): the same bits as the host stream and as one step per call."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cellvit_jax import dispatch, steps, train
+from cellvit_jax.data import pipeline
+from conftest import REPO, tiny_config
+
+
+class _Records:
+  def __len__(self):
+    return 100
+
+  def __getitem__(self, i):
+    return {"image": np.full((2, 2, 3), i, np.uint8), "label": i}
+
+
+@pytest.mark.parametrize("process_index,process_count", [(0, 1), (1, 2)])
+def test_index_stream_names_the_records_the_record_stream_yields(process_index, process_count):
+  subset = np.arange(3, 100, 2)
+  kw = dict(global_batch=8, seed=3, process_index=process_index, process_count=process_count)
+  records = iter(pipeline.train_dataset(_Records(), subset, **kw))
+  indices = iter(pipeline.train_index_dataset(len(subset), **kw))
+  for _ in range(15):  # past the end of the first epoch: reshuffled alike
+    r, i = next(records), next(indices)
+    assert i["index"].dtype == np.int32 and i["index"].shape == (8 // process_count,)
+    np.testing.assert_array_equal(r["label"], subset[i["index"]])
+  assert records.get_state() == indices.get_state()  # checkpoints are interchangeable
+
+
+def test_dispatch_length_follows_a_fixed_grid():
+  # k = 4, checkpoints every 6 steps, stop at 13: [0,4) [4,6) [6,8) [8,12) [12,13)
+  lengths, step = [], 0
+  while step < 13:
+    n = dispatch.dispatch_length(step, 4, 13, (6,))
+    lengths.append(n)
+    step += n
+  assert lengths == [4, 2, 2, 4, 1]
+  assert dispatch.dispatch_length(5, 4, 13, (6,)) == 1  # a resumed run rejoins the grid
+  assert dispatch.dispatch_length(7, 1, 13, ()) == 1
+
+
+def test_on_device_auto_follows_the_byte_budget():
+  mb = 2 ** 20
+  assert dispatch.use_on_device("auto", 315 * mb, 1024)
+  assert not dispatch.use_on_device("auto", 1025 * mb, 1024)
+  assert dispatch.use_on_device("true", 1025 * mb, 1024)
+  assert not dispatch.use_on_device("False", 1, 1024)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("dataset.on_device", "maybe", "config.dataset.on_device='maybe' is not one of"),
+    ("dataset.on_device_max_mb", -1, "config.dataset.on_device_max_mb=-1 must be"),
+    ("train.steps_per_dispatch", 0, "config.train.steps_per_dispatch=0 must be an integer >= 1"),
+    ("model.dtype", "half", "config.model.dtype='half' is not supported; choose one of "
+                            r"\['auto', 'bfloat16', 'float32'\]"),
+])
+def test_bad_dispatch_settings_are_refused_before_anything_is_written(tiny_data_dir, tmp_path,
+                                                                      key, value, match):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **{key: value}), str(workdir))
+  assert not workdir.exists()
+
+
+def test_auto_dtype_is_bf16_on_accelerators_and_fp32_on_cpu():
+  assert steps.resolve_dtype("auto", "cpu") == "float32"
+  assert steps.resolve_dtype("auto", "gpu") == steps.resolve_dtype("auto", "tpu") == "bfloat16"
+  assert steps.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+  config = tiny_config("unused")
+  assert config.model.dtype == "auto"
+  resolved = steps.with_resolved_dtype(config)
+  assert resolved.model.dtype == "float32" and config.model.dtype == "auto"  # a copy
+
+
+def test_finished_run_records_resolved_dtype_and_data_placement(tiny_trained_run):
+  with open(os.path.join(tiny_trained_run, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(tiny_trained_run, "config.json")) as f:
+    config = json.load(f)
+  assert results["compute_dtype"] == config["model"]["dtype"] == "float32"
+  assert results["train_data_on_device"] is True and results["steps_per_dispatch"] == 1
+
+
+def _train_curve(data_dir, workdir, **overrides):
+  # One epoch of 16 steps, logged every step, checkpoints every 6: k = 4 dispatches cut there.
+  o = {"train.epochs": 1.0, "train.log_every_steps": 1, "train.checkpoint_every_epochs": 6 / 16,
+       **overrides}
+  results = train.train_and_evaluate(tiny_config(data_dir, **o), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [{k: v for k, v in r.items() if k != "images_per_sec"} for r in map(json.loads, f)]
+  return records, results
+
+
+def test_device_resident_and_k_steps_per_dispatch_equal_the_host_stream_bitwise(tiny_data_dir,
+                                                                                tmp_path):
+  """Bitwise on CPU: the host stream and the resident subset hand the step the same uint8
+  batch, and the step is one compiled loop body whatever the dispatch length."""
+  host, host_results = _train_curve(tiny_data_dir, str(tmp_path / "host"),
+                                    **{"dataset.on_device": "false"})
+  assert [r["step"] for r in host if r["split"] == "train"] == list(range(1, 17))
+  assert host_results["train_data_on_device"] is False
+  for name, o in [("device", {"dataset.on_device": "true"}),
+                  ("device_k4", {"dataset.on_device": "true", "train.steps_per_dispatch": 4}),
+                  ("host_k5", {"dataset.on_device": "false", "train.steps_per_dispatch": 5})]:
+    records, results = _train_curve(tiny_data_dir, str(tmp_path / name), **o)
+    assert records == host, name
+    assert results["test"] == host_results["test"] and results["val"] == host_results["val"], name
+
+
+TWO_DEVICES = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    from cellvit_jax import dispatch, models, parallel, steps
+    from conftest import tiny_config
+    assert jax.device_count() == 2
+    config = tiny_config("unused")
+    model = models.build("resnet18", 4, width=8)
+    mesh = parallel.make_mesh()
+    tx, schedule = steps.make_optimizer(config, 10, 2)
+    step_fn = steps.make_train_step(model, config, schedule)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
+    index = [rng.integers(0, 50, 16).astype(np.int32) for _ in range(3)]
+    resident = dispatch.place_resident(images, labels, mesh)
+    out = []
+    for k, feed, data in [(1, "host", {{}}), (3, "device", resident)]:
+      multi = dispatch.make_multi_step(step_fn, mesh, k)
+      length = dispatch.buffer_length(k)
+      state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+      losses = []
+      for start in range(0, 3, k):
+        part = index[start:start + k]
+        batches = ([{{"image": images[i], "label": labels[i].astype(np.int32)}} for i in part]
+                   if feed == "host" else [{{"index": i}} for i in part])
+        state, m = multi(state, data, dispatch.stack_batches(batches, mesh, length),
+                         np.int32(len(part)), jax.random.key(1))
+        losses += [float(x) for x in np.asarray(m["loss"])[:len(part)]]
+      leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+      out.append((losses, leaves))
+    same = out[0][0] == out[1][0] and all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
+    print("SAME", same, out[0][0], out[1][0])
+""")
+
+
+def test_two_devices_resident_k3_equal_host_stream_one_per_call():
+  """On a 2-device mesh (BatchNorm ResNet): indices sharded over 'data' gather from the
+  replicated subset, three steps per call, the same bits as streamed batches one per call."""
+  script = TWO_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("SAME")][0]
+  assert line.startswith("SAME True"), line
