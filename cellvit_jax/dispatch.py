@@ -1,65 +1,41 @@
-"""Several train steps per jitted call, over host batches or training data resident on the device.
+"""Several train steps per jitted call: config.train.steps_per_dispatch = k.
 
-A 0.3 M-parameter model on 40x40 patches finishes a step on an accelerator sooner than the
-host can decode, batch, transfer and launch the next one, so the loop, not the device, sets
-the speed. Two switches remove the host from the per-step path:
+A small model on 40x40 patches finishes a step on an accelerator sooner than the host can
+launch the next one; k steps in one call pay the launch (and the host's batch handling) once.
+The per-step rng stays fold_in(rng, step), taken inside the call from state.step, and every
+step's metrics come back for logging, so a run logs, evaluates and checkpoints as with k = 1.
 
-- config.dataset.on_device: the FlagLimit subset's uint8 images and labels are placed on the
-  devices once (replicated: every epoch reshuffles, so every device needs every image), grain
-  yields batches of positions into them (pipeline.train_index_dataset: the same shuffle,
-  repetition, host sharding and checkpointable state as the record stream), and the jitted
-  call gathers the batch on the device. "auto" does so when the subset fits the per-device
-  budget config.dataset.on_device_max_mb; larger datasets keep streaming from the host.
-- config.train.steps_per_dispatch = k: one jitted call runs up to k steps, a lax.scan over k
-  stacked batches (of positions, or of images when streamed). The per-step rng is still
-  fold_in(rng, step), taken inside the call from state.step, so k steps in one call compute
-  what k calls do, and every step's metrics come back for logging.
+Which program runs a dispatch of n steps:
+- n == 1, and every dispatch when k == 1: one step with no loop around it. Streamed batches
+  go through the very jitted step of steps.make_steps (the loop before this module existed,
+  bit for bit); resident data (resident.py) adds only the on-device gather in front of it.
+- n == k > 1: one program of k steps. On CPU the k steps are unrolled into the entry
+  computation; elsewhere a lax.scan. XLA:CPU rewrites convolutions into the layout its fast
+  (Eigen) kernels take only in the entry computation (ConvCanonicalization walks
+  module->entry_computation()), so the backward convolutions in a loop body run as naive loops:
+  a ResNet-18 step at batch 8 took 1.4 s plain and 13-29 s inside a one-step fori_loop
+  (benchmarks/FINDINGS.md). Unrolling costs compile time (about k times one step's).
+- 1 < n < k (a dispatch cut at an evaluation, checkpoint or the end): n single steps, so at
+  most two programs are ever compiled.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cellvit_jax import parallel
-
-_ON_DEVICE = {"auto": None, "true": True, "false": False}
+from cellvit_jax import parallel, resident
 
 
 def check_config(config):
-  """One-line errors for config.dataset.on_device(_max_mb) and config.train.steps_per_dispatch."""
-  on_device_setting(config.dataset.on_device)
-  mb = config.dataset.on_device_max_mb
-  if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0:
-    raise ValueError(f"config.dataset.on_device_max_mb={mb!r} must be a number of megabytes >= 0, "
-                     "e.g. 1024")
+  """One-line error for config.train.steps_per_dispatch."""
   k = config.train.steps_per_dispatch
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 (train "
                      "steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
 
 
-def on_device_setting(value):
-  """config.dataset.on_device -> None ("auto"), True or False."""
-  key = str(value).strip().lower()
-  if key not in _ON_DEVICE:
-    raise ValueError(f"config.dataset.on_device={value!r} is not one of 'auto', 'true', 'false'; "
-                     "'auto' keeps the training subset on the device when it fits "
-                     "config.dataset.on_device_max_mb")
-  return _ON_DEVICE[key]
-
-
-def use_on_device(value, num_bytes: int, max_mb: float) -> bool:
-  """Whether the training subset (num_bytes of uint8 images) is held on every device."""
-  forced = on_device_setting(value)
-  return forced if forced is not None else num_bytes <= max_mb * 2 ** 20
-
-
-def place_resident(images: np.ndarray, labels: np.ndarray, mesh) -> dict:
-  """The whole training subset, replicated on every device of `mesh` (each process passes
-  the same full arrays)."""
-  sharding = parallel.replicated(mesh)
-  put = lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-  return {"image": put(np.asarray(images, np.uint8)), "label": put(np.asarray(labels, np.int32))}
+def unrolls(backend: str = "") -> bool:
+  """Whether a k-step program unrolls its steps (CPU) rather than scanning over them."""
+  return (backend or jax.default_backend()) == "cpu"
 
 
 def stacked_sharding(mesh) -> NamedSharding:
@@ -67,61 +43,75 @@ def stacked_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, parallel.DATA_AXIS))
 
 
-def stack_batches(batches, mesh, length: int) -> dict:
-  """Host-local batches of one dispatch -> global (length, global batch, ...) jax.Arrays,
-  zero-padded after the given batches (make_multi_step runs only the given ones)."""
+def stack_batches(batches, mesh) -> dict:
+  """Host-local batches of one dispatch -> global (len(batches), global batch, ...) arrays."""
   sharding = stacked_sharding(mesh)
-  out = {}
-  for k in batches[0]:
-    local = np.zeros((length, *np.shape(batches[0][k])), np.asarray(batches[0][k]).dtype)
-    local[:len(batches)] = np.stack([b[k] for b in batches])
-    out[k] = jax.make_array_from_process_local_data(sharding, local)
-  return out
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]))
+          for k in batches[0]}
 
 
-def buffer_length(steps_per_dispatch: int) -> int:
-  """Leading length of the stacked batches: at least 2, because XLA simplifies a loop over a
-  length-1 buffer into a program whose step differs from the general one in the last bits
-  (measured on CPU); from 2 up, every steps_per_dispatch computes the same bits."""
-  return max(2, steps_per_dispatch)
+def make_multi_step(pure_step, mesh, k: int, unroll=None):
+  """Jits `(state, resident_data, xs, rng) -> (state, (metrics of step 1, ..., of step k))`:
+  k steps of the pure `pure_step` (steps.make_train_step), step i on xs[i] with
+  fold_in(rng, state.step). xs: stack_batches of {'image', 'label'} or of {'index'} into
+  resident_data (resident.place; {} when streaming). unroll: None = unrolls()."""
+  unroll = unrolls() if unroll is None else unroll
 
+  def one_step(state, resident_data, batch, rng):
+    batch = resident.gather(resident_data, batch, mesh)
+    return pure_step(state, batch, jax.random.fold_in(rng, state.step))
 
-def make_multi_step(train_step, mesh, steps_per_dispatch: int):
-  """Jits `(state, resident, xs, n, rng) -> (state, metrics)`: the first n of the
-  steps_per_dispatch stacked batches in xs, each a step of the pure `train_step`
-  (steps.make_train_step) taking fold_in(rng, step).
-
-  xs: {'image', 'label'} from the host or {'index'} into `resident` (place_resident; {} when
-  streaming), leading axis buffer_length(steps_per_dispatch) (stack_batches). Each metric
-  comes back with that leading axis, the first n entries filled. n is a runtime value, so one program serves every
-  dispatch length and a step computes bit for bit the same whatever dispatch it is in.
-  """
-  data_sharding = parallel.batch_sharding(mesh)
-  length = buffer_length(steps_per_dispatch)
-
-  def one_step(state, resident, batch, rng):
-    if "index" in batch:  # gather the batch from the resident subset, on the device
-      batch = {k: jnp.take(v, batch["index"], axis=0, mode="clip") for k, v in resident.items()}
-      batch = jax.lax.with_sharding_constraint(batch, data_sharding)
-    return train_step(state, batch, jax.random.fold_in(rng, state.step))
-
-  def run(state, resident, xs, n, rng):
-    at = lambda tree, i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
-                                      tree)
-    shapes = jax.eval_shape(one_step, state, resident, at(xs, 0), rng)[1]
-    buffers = jax.tree.map(lambda s: jnp.zeros((length, *s.shape), s.dtype), shapes)
-
-    def body(i, carry):
-      state, buffers = carry
-      state, m = one_step(state, resident, at(xs, i), rng)
-      buffers = jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), buffers, m)
-      return state, buffers
-
-    return jax.lax.fori_loop(0, n, body, (state, buffers))
+  def run(state, resident_data, xs, rng):
+    if unroll:
+      metrics = []
+      for i in range(k):
+        state, m = one_step(state, resident_data, jax.tree.map(lambda x: x[i], xs), rng)
+        metrics.append(m)
+      return state, tuple(metrics)
+    state, ys = jax.lax.scan(lambda s, x: one_step(s, resident_data, x, rng), state, xs)
+    return state, tuple(jax.tree.map(lambda y: y[i], ys) for i in range(k))
 
   rep = parallel.replicated(mesh)
-  return jax.jit(run, in_shardings=(rep, rep, stacked_sharding(mesh), rep, rep),
+  return jax.jit(run, in_shardings=(rep, rep, stacked_sharding(mesh), rep),
                  out_shardings=(rep, rep), donate_argnums=0)
+
+
+class Dispatcher:
+  """`dispatcher(state, batches, rng, step) -> (state, [metrics per step])`: runs the
+  len(batches) steps that start after `step` steps (see the module docstring for how).
+
+  train_step: the jitted single step of steps.make_steps; pure_step: the same step unjitted
+  (steps.make_train_step); resident_data: resident.place(...) when batches are {'index'}
+  positions, else None.
+  """
+
+  def __init__(self, train_step, pure_step, mesh, steps_per_dispatch: int, resident_data=None):
+    self._mesh, self._k, self._resident = mesh, steps_per_dispatch, resident_data
+    self._train_step = train_step
+    if resident_data is not None:
+      rep = parallel.replicated(mesh)
+      self._train_step = jax.jit(
+          lambda state, data, batch, rng: pure_step(state, resident.gather(data, batch, mesh), rng),
+          in_shardings=(rep, rep, parallel.batch_sharding(mesh), rep), out_shardings=(rep, rep),
+          donate_argnums=0)
+    self._multi_step = None
+    if steps_per_dispatch > 1:
+      self._multi_step = make_multi_step(pure_step, mesh, steps_per_dispatch)
+
+  def _single(self, state, batch, rng):
+    batch = parallel.shard_batch(batch, self._mesh)
+    if self._resident is None:
+      return self._train_step(state, batch, rng)
+    return self._train_step(state, self._resident, batch, rng)
+
+  def __call__(self, state, batches, rng, step: int):
+    if len(batches) == self._k > 1:
+      return self._multi_step(state, self._resident or {}, stack_batches(batches, self._mesh), rng)
+    metrics = []
+    for i, batch in enumerate(batches):
+      state, m = self._single(state, batch, jax.random.fold_in(rng, step + i))
+      metrics.append(m)
+    return state, metrics
 
 
 def dispatch_length(step: int, k: int, stop: int, every=()) -> int:

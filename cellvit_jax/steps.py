@@ -153,7 +153,7 @@ def _tree_norm(tree):
 
 def make_train_step(model, config, schedule):
   """The pure train step `(state, batch, rng) -> (state, metrics)`, not jitted: make_steps
-  jits it alone, dispatch.make_multi_step scans it over several batches in one call."""
+  jits it alone, dispatch.py runs several in one call."""
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
 

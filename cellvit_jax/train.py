@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from cellvit_jax import checkpoint, dispatch, metric_writers, metrics, models, parallel, preemption
-from cellvit_jax import steps
+from cellvit_jax import resident, steps
 from cellvit_jax import train_length, workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
@@ -68,6 +68,7 @@ def check_config(config, mesh):
   steps.check_augment(config)
   steps.check_optim(config)
   dispatch.check_config(config)
+  resident.check_config(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -104,28 +105,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_rng, step_rng = jax.random.split(rng)
   state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh)
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  _, eval_step = steps.make_steps(model, config, schedule, mesh)
+  train_step, eval_step = steps.make_steps(model, config, schedule, mesh)
   per_dispatch = config.train.steps_per_dispatch
-  multi_step = dispatch.make_multi_step(steps.make_train_step(model, config, schedule), mesh,
-                                        per_dispatch)
 
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
   train_source = dataset.source(config.dataset.train_split)
   subset_bytes = len(subset) * dataset.image_size ** 2 * 3
-  on_device = dispatch.use_on_device(config.dataset.on_device, subset_bytes,
+  on_device = resident.use_on_device(config.dataset.on_device, subset_bytes,
                                      config.dataset.on_device_max_mb)
+  resident_data = None
   if on_device:
-    resident = dispatch.place_resident(*pipeline.load_arrays(train_source, subset), mesh)
+    resident_data = resident.place(*pipeline.load_arrays(train_source, subset), mesh)
     train_iter = iter(pipeline.train_index_dataset(len(subset), global_batch=config.train.batch_size,
                                                    seed=config.seed))
   else:
-    resident = {}
     train_iter = iter(pipeline.train_dataset(
         train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
         cache=config.dataset.cache, workers=config.dataset.workers))
   logging.info("Training subset (%.1f MB of uint8 images) %s; %d step(s) per dispatch.",
                subset_bytes / 2 ** 20, "held on the device(s)" if on_device else
-               "streamed from the host", config.train.steps_per_dispatch)
+               "streamed from the host", per_dispatch)
+  run_steps = dispatch.Dispatcher(train_step, steps.make_train_step(model, config, schedule), mesh,
+                                  per_dispatch, resident_data)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, train_iter)
@@ -154,10 +155,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with preemption.PreemptionWatch() as watch:
     while step < end:
       n = dispatch.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
-      xs = dispatch.stack_batches([next(train_iter) for _ in range(n)], mesh,
-                                   dispatch.buffer_length(per_dispatch))
-      state, m = multi_step(state, resident, xs, np.int32(n), step_rng)
-      pending.append((m, n))
+      state, m = run_steps(state, [next(train_iter) for _ in range(n)], step_rng, step)
+      pending.extend(m)
       bar.update(n)
       done, calls = step + n, calls + 1
       # Several processes agree on a stop through a sync point that must see ids rising by
@@ -168,8 +167,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Metrics are fetched only here (no per-step host sync), and always before a
       # checkpoint, so a non-finite state is never saved as the latest.
       if done // log_every > step // log_every or is_eval or is_ckpt:
-        host = [{k: v[i] for k, v in d.items()}
-                for d, n_run in jax.device_get(pending) for i in range(n_run)]
+        host = jax.device_get(pending)
         now = time.perf_counter()
         if t_mark is not None:  # the first interval includes compilation: not timed
           timed_steps += len(host)

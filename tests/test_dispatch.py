@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cellvit_jax import dispatch, steps, train
+from cellvit_jax import dispatch, resident, steps, train
 from cellvit_jax.data import pipeline
 from conftest import REPO, tiny_config
 
@@ -49,10 +49,10 @@ def test_dispatch_length_follows_a_fixed_grid():
 
 def test_on_device_auto_follows_the_byte_budget():
   mb = 2 ** 20
-  assert dispatch.use_on_device("auto", 315 * mb, 1024)
-  assert not dispatch.use_on_device("auto", 1025 * mb, 1024)
-  assert dispatch.use_on_device("true", 1025 * mb, 1024)
-  assert not dispatch.use_on_device("False", 1, 1024)
+  assert resident.use_on_device("auto", 315 * mb, 1024)
+  assert not resident.use_on_device("auto", 1025 * mb, 1024)
+  assert resident.use_on_device("true", 1025 * mb, 1024)
+  assert not resident.use_on_device("False", 1, 1024)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -99,20 +99,39 @@ def _train_curve(data_dir, workdir, **overrides):
   return records, results
 
 
-def test_device_resident_and_k_steps_per_dispatch_equal_the_host_stream_bitwise(tiny_data_dir,
-                                                                                tmp_path):
-  """Bitwise on CPU: the host stream and the resident subset hand the step the same uint8
-  batch, and the step is one compiled loop body whatever the dispatch length."""
+# k steps per call vs one per call (tiny CustomViT, 16 steps, CPU): relative differences
+# measured at most 1.2e-5 (loss), 1.3e-7 (parameter norm), 4e-4 (gradient norm), 3.3e-4
+# (update norm); the norms of gradients and updates are the most rounding-sensitive.
+_RTOL = {"loss": 1e-4, "accuracy": 0.0, "lr": 0.0, "param_norm": 1e-5, "grad_norm": 3e-3,
+         "update_norm": 3e-3}
+
+
+def test_device_resident_equals_the_host_stream_bitwise_and_k_steps_per_dispatch_closely(
+    tiny_data_dir, tmp_path):
+  """One step per call: the resident subset hands the step the same uint8 batch as the host
+  stream, through the same step with no loop around it, so bitwise on CPU. k steps per call:
+  one program of k steps lays out and fuses the intermediate state differently from k
+  programs (on CPU also with an optimisation barrier between steps), so after the first call
+  the bits differ by rounding, which training then carries on (_RTOL)."""
   host, host_results = _train_curve(tiny_data_dir, str(tmp_path / "host"),
                                     **{"dataset.on_device": "false"})
   assert [r["step"] for r in host if r["split"] == "train"] == list(range(1, 17))
   assert host_results["train_data_on_device"] is False
-  for name, o in [("device", {"dataset.on_device": "true"}),
-                  ("device_k4", {"dataset.on_device": "true", "train.steps_per_dispatch": 4}),
+  device, device_results = _train_curve(tiny_data_dir, str(tmp_path / "device"),
+                                        **{"dataset.on_device": "true"})
+  assert device == host
+  assert device_results["test"] == host_results["test"]
+  for name, o in [("device_k4", {"dataset.on_device": "true", "train.steps_per_dispatch": 4}),
                   ("host_k5", {"dataset.on_device": "false", "train.steps_per_dispatch": 5})]:
     records, results = _train_curve(tiny_data_dir, str(tmp_path / name), **o)
-    assert records == host, name
-    assert results["test"] == host_results["test"] and results["val"] == host_results["val"], name
+    assert results["steps_per_dispatch"] == o["train.steps_per_dispatch"]
+    assert [(r["step"], r["split"]) for r in records] == [(r["step"], r["split"]) for r in host]
+    assert records[:4] == host[:4], name  # the first call starts from the same state
+    for r, h in zip(records, host):
+      if h["split"] == "train":
+        for key, rtol in _RTOL.items():
+          np.testing.assert_allclose(r[key], h[key], rtol=rtol, atol=0, err_msg=f"{name} {h}")
+    np.testing.assert_allclose(results["test"]["loss"], host_results["test"]["loss"], rtol=1e-3)
 
 
 TWO_DEVICES = textwrap.dedent("""
@@ -120,44 +139,44 @@ TWO_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import dispatch, models, parallel, steps
+    from cellvit_jax import dispatch, models, parallel, resident, steps
     from conftest import tiny_config
     assert jax.device_count() == 2
     config = tiny_config("unused")
     model = models.build("resnet18", 4, width=8)
     mesh = parallel.make_mesh()
     tx, schedule = steps.make_optimizer(config, 10, 2)
-    step_fn = steps.make_train_step(model, config, schedule)
+    pure = steps.make_train_step(model, config, schedule)
+    jitted, _ = steps.make_steps(model, config, schedule, mesh)
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
     index = [rng.integers(0, 50, 16).astype(np.int32) for _ in range(3)]
-    resident = dispatch.place_resident(images, labels, mesh)
     out = []
-    for k, feed, data in [(1, "host", {{}}), (3, "device", resident)]:
-      multi = dispatch.make_multi_step(step_fn, mesh, k)
-      length = dispatch.buffer_length(k)
+    for k, feed in [(1, "host"), (3, "device"), (1, "device")]:
+      data = resident.place(images, labels, mesh) if feed == "device" else None
+      run = dispatch.Dispatcher(jitted, pure, mesh, k, data)
       state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-      losses = []
-      for start in range(0, 3, k):
-        part = index[start:start + k]
-        batches = ([{{"image": images[i], "label": labels[i].astype(np.int32)}} for i in part]
-                   if feed == "host" else [{{"index": i}} for i in part])
-        state, m = multi(state, data, dispatch.stack_batches(batches, mesh, length),
-                         np.int32(len(part)), jax.random.key(1))
-        losses += [float(x) for x in np.asarray(m["loss"])[:len(part)]]
+      batches = ([{{"image": images[i], "label": labels[i].astype(np.int32)}} for i in index]
+                 if feed == "host" else [{{"index": i}} for i in index])
+      state, m = run(state, batches, jax.random.key(1), 0)
+      losses = [float(x["loss"]) for x in m]
       leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
       out.append((losses, leaves))
-    same = out[0][0] == out[1][0] and all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
-    print("SAME", same, out[0][0], out[1][0])
+    (host_losses, host_leaves), (k3_losses, k3_leaves), (k1_losses, k1_leaves) = out
+    same = host_losses == k1_losses and all(np.array_equal(a, b) for a, b in zip(host_leaves, k1_leaves))
+    close = (np.allclose(k3_losses, host_losses, rtol=1e-4, atol=0) and
+             all(np.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(host_leaves, k3_leaves)))
+    print("RESULT", same, close, host_losses, k3_losses)
 """)
 
 
 def test_two_devices_resident_k3_equal_host_stream_one_per_call():
   """On a 2-device mesh (BatchNorm ResNet): indices sharded over 'data' gather from the
-  replicated subset, three steps per call, the same bits as streamed batches one per call."""
+  replicated subset; one step per call gives the same bits as streamed batches one per call,
+  three steps per call the same up to rounding (see the test above)."""
   script = TWO_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("SAME")][0]
-  assert line.startswith("SAME True"), line
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
+  assert line.startswith("RESULT True True"), line
