@@ -14,9 +14,9 @@ within each repeat, so load changes on a shared machine hit both alike. Cases:
   small      CustomViT width 32, depth 1, batch 32: a step short enough that the host loop shows
 Current: --config.dataset.on_device=false --config.train.steps_per_dispatch=1 of this tree,
 or, with --baseline_tree, the same config run by another checkout (e.g. a worktree of the
-commit before the new loop, which knows neither key). New: on_device=auto (true here) and
---steps_per_dispatch (default per case: 8, 2, 16). Prints per case `new/current = R` (the
-median of per-repeat ratios).
+commit before the new loop, which knows neither key). New: on_device=auto (true here) at each
+k of --steps_per_dispatch (default 1, the default config, and the case's own: 8, 2, 16).
+Prints per case and k `new (k=K) / current = R` (the median of per-repeat ratios).
 """
 import argparse
 import json
@@ -71,8 +71,9 @@ def run(tree, config, overrides, workdir):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cases", default="customvit,resnet18,small")
-  parser.add_argument("--steps_per_dispatch", type=int, default=0,
-                      help="k of the new loop; 0: the case's own (CASES)")
+  parser.add_argument("--steps_per_dispatch", default="1,0",
+                      help="comma list of k for the new loop, each run after the current one; "
+                           "0: the case's own (CASES); 1 is the default config")
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--baseline_tree", default="", help="checkout that runs the current loop")
   args = parser.parse_args()
@@ -94,23 +95,25 @@ def main():
   datasets.open_dataset(d.name, "", synthetic=datasets.synthetic_spec(d), log=print)  # built once
   tmp = tempfile.mkdtemp(prefix="train_loop_")
   for case in filter(None, args.cases.split(",")):
-    config, overrides, steps, log_every, k = CASES[case]
-    k = args.steps_per_dispatch or k
+    config, overrides, steps, log_every, case_k = CASES[case]
+    ks = [int(x) or case_k for x in args.steps_per_dispatch.split(",")]
     common = {**DATASET, **overrides, "train.epochs": 0.0, "train.steps": steps,
               "train.log_every_steps": log_every, "train.eval_every_epochs": 1000.0,
               "train.checkpoint_every_epochs": 1000.0, "train.progress_bar": False}
     current = dict(common) if args.baseline_tree else {
         **common, "dataset.on_device": "false", "train.steps_per_dispatch": 1}
-    new = {**common, "dataset.on_device": "auto", "train.steps_per_dispatch": k}
-    ratios = []
+    ratios = {k: [] for k in ks}
     for r in range(args.repeats):
       a = run(baseline, config, current, os.path.join(tmp, f"{case}_current_{r}"))
-      b = run(ROOT, config, new, os.path.join(tmp, f"{case}_new_{r}"))
-      ratios.append(b["ips"] / a["ips"])
-      print(f"{case} repeat {r}: current {a['ips']:.1f} img/s ({a}), new {b['ips']:.1f} img/s ({b})",
-            flush=True)
-    print(f"{case}: new/current = {np.median(ratios):.2f}  (per repeat "
-          f"{', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
+      print(f"{case} repeat {r}: current {a['ips']:.1f} img/s ({a})", flush=True)
+      for k in ks:
+        new = {**common, "dataset.on_device": "auto", "train.steps_per_dispatch": k}
+        b = run(ROOT, config, new, os.path.join(tmp, f"{case}_new_k{k}_{r}"))
+        ratios[k].append(b["ips"] / a["ips"])
+        print(f"{case} repeat {r}: new k={k} {b['ips']:.1f} img/s ({b})", flush=True)
+    for k in ks:
+      print(f"{case}: new (k={k}) / current = {np.median(ratios[k]):.2f}  (per repeat "
+            f"{', '.join(f'{x:.2f}' for x in ratios[k])})", flush=True)
   print(f"load after (uptime): {os.popen('uptime').read().strip()}")
 
 
