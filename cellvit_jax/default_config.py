@@ -74,8 +74,9 @@ def get_config():
   config.train.steps = 0
   config.train.examples = 0
   config.train.log_every_steps = 20
-  # Train steps per jitted call (lax.scan; dispatch.py): logs, evaluation, checkpoints and
-  # SIGTERM act on call boundaries. >1 pays where the host loop, not the device, is the limit.
+  # Train steps per jitted call (dispatch.py: 1 = the plain step; k > 1 unrolled on CPU, a
+  # lax.scan elsewhere): logs, evaluation, checkpoints and SIGTERM act on call boundaries.
+  # >1 pays where the host loop, not the device, is the limit; it changes results by rounding.
   config.train.steps_per_dispatch = 1
   config.train.eval_every_epochs = 5.0  # validation costs a pass over the val split
   config.train.checkpoint_every_epochs = 1.0
