@@ -9,13 +9,13 @@ it, preceded by the date, the machine (CPU model, cores, bf16/AMX CPU flags, `up
 and the git commit. Copy a command to rerun one benchmark. Interpretation lives in
 benchmarks/FINDINGS.md, written by hand from a recording; this file only records.
 """
-import argparse
 import datetime
 import os
 import platform
 import subprocess
-import sys
 import time
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "python"
@@ -23,13 +23,17 @@ PY = "python"
 BENCHMARKS = (  # (name, command, why)
     ("train_customvit",
      f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
-     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch fp32/bf16-autocast, "
-     "batch 256."),
+     "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch eager fp32/bf16-autocast "
+     "and torch.compile fp32, batch 256."),
     ("train_resnet18",
      f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes "
      "tens of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun "
      "with --batch=256 on a faster device."),
+    ("train_loop", f"{PY} -m benchmarks.train_loop",
+     "End-to-end training images/s, new loop (training subset on the device, k steps per "
+     "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "
+     "(default configs) and a small CustomViT where the host loop shows, interleaved."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16",
@@ -72,14 +76,18 @@ def machine() -> str:
           f"- git: {commit} ({branch})")
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--only", default="", help="comma-separated names (default: all)")
-  parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
-  parser.add_argument("--append", action="store_true",
-                      help="append the runs to an existing --output instead of rewriting it")
-  parser.add_argument("--timeout", type=int, default=600, help="seconds per benchmark")
-  args = parser.parse_args()
+def define_flags():
+  flags.DEFINE_string("only", "", "Comma-separated names (default: all).")
+  flags.DEFINE_string("output", os.path.join(ROOT, "benchmarks", "RESULTS.md"),
+                      "Markdown file to write.")
+  flags.DEFINE_bool("append", False,
+                    "Append the runs to an existing --output instead of rewriting it.")
+  flags.DEFINE_integer("timeout", 600, "Seconds per benchmark.")
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   only = set(filter(None, args.only.split(",")))
   start = datetime.datetime.now(datetime.timezone.utc)
   header = [
@@ -123,4 +131,5 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  app.run(main)

@@ -1,7 +1,7 @@
 """Train-step images/s of a model: JAX (fp32 and bf16 compute) next to its PyTorch port.
 
     python -m benchmarks.train_step --model=customvit [--batch=256] \
-        [--dtype=float32,bfloat16] [--repeats=5] [--steps=2] [--no-torch]
+        [--dtype=float32,bfloat16] [--repeats=5] [--steps=2] [--no-torch] [--no-compile]
 
 JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips/rot90 ->
 normalise -> model -> label-smoothed cross-entropy -> grad-norm clip + AdamW, state donated),
@@ -9,7 +9,11 @@ built from configs/<model>.py with config.model.dtype set per variant (params st
 PyTorch: the same architecture from benchmarks/torch_ref/ (equal parameter count, printed),
 eager mode, on CUDA when torch sees a GPU, the same step (uint8 -> per-sample dihedral ->
 normalise -> forward -> label-smoothed CE -> backward -> clip_grad_norm_ -> AdamW with decay
-on matrices only), fp32 and under torch.autocast(device, bfloat16).
+on matrices only), fp32 and under torch.autocast(device, bfloat16); and the fp32 step under
+torch.compile (inductor; on CPU it generates C++ and needs a compiler, gcc here), the
+strongest PyTorch path a performance-minded user would pick: the forward with its loss is
+compiled (AOTAutograd compiles the backward with it) and so is the clip + AdamW update.
+Compilation happens in the warm-up step, outside the timing.
 
 Timing: each repeat times `--steps` consecutive steps per variant (JAX dispatches them
 asynchronously and is blocked on once at the end), the variants interleaved within the
@@ -22,15 +26,16 @@ inside every repeat (median over repeats of the per-repeat fraction; a 4096 matm
 once for reference). Prints comparable lines:
   JAX/PyTorch-fp32 = R             (JAX fp32 step vs PyTorch fp32 step)
   JAX-bf16/PyTorch-bf16 = R        (JAX bf16 compute vs PyTorch bf16 autocast)
+  JAX/PyTorch-compile-fp32 = R     (JAX fp32 step vs torch.compile fp32 step)
   fraction of measured matmul peak = F   (JAX fp32)
 """
-import argparse
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from cellvit_jax import config_file
 from cellvit_jax import models, optimizer, parallel, steps
@@ -100,7 +105,7 @@ def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compi
   return (run, flops, params, compiled) if return_compiled else (run, flops, params)
 
 
-def torch_variant(model_name: str, bf16: bool, batch_size: int):
+def torch_variant(model_name: str, bf16: bool, batch_size: int, compile: bool = False):
   import torch
   import torch.nn.functional as F
   from benchmarks import torch_ref
@@ -119,7 +124,7 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int):
                                          dtype=np.uint8)).to(device)
   labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int64)).to(device)
 
-  def step():
+  def forward_loss(images, labels):
     x = images.permute(0, 3, 1, 2).float() / 255.0
     sel = lambda: (torch.rand(batch_size, device=device) < 0.5).view(-1, 1, 1, 1)
     x = torch.where(sel(), x.transpose(2, 3), x)
@@ -128,12 +133,21 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int):
     x = (x - mean) / std
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
       logits = model(x)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    return F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
+
+  def update():
     if o.grad_clip:
       torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
+
+  if compile:
+    forward_loss, update = torch.compile(forward_loss), torch.compile(update)
+
+  def step():
+    loss = forward_loss(images, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    update()
 
   def run(n: int) -> float:
     start = time.perf_counter()
@@ -147,16 +161,29 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int):
   return run, sum(p.numel() for p in model.parameters())
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="customvit", choices=models.names())
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--dtype", default="float32,bfloat16",
-                      help="JAX compute dtypes to time (comma-separated)")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--steps", type=int, default=2, help="steps per timed repeat")
-  parser.add_argument("--no-torch", action="store_true")
-  args = parser.parse_args()
+def define_flags():
+  """Only when run as a program: benchmarks.step_variants imports this module (absl flags are
+  process-wide)."""
+  flags.DEFINE_enum("model", "customvit", models.names(), "Model config to time.")
+  flags.DEFINE_integer("batch", 256, "Batch size.")
+  flags.DEFINE_string("dtype", "float32,bfloat16", "JAX compute dtypes to time (comma-separated).")
+  flags.DEFINE_integer("repeats", 5, "Timed repeats (variants interleaved within each).")
+  flags.DEFINE_integer("steps", 2, "Steps per timed repeat.")
+  flags.DEFINE_bool("no-torch", False, "Skip the PyTorch variants.")
+  flags.DEFINE_bool("no-compile", False,
+                    "Skip the torch.compile variant (its compilation takes minutes on CPU).")
+
+
+class _Args:
+  """The flags as attributes (no_torch for --no-torch)."""
+
+  def __getattr__(self, name):
+    return flags.FLAGS[name.replace("no_", "no-", 1) if name.startswith("no_") else name].value
+
+
+def main(argv):
+  del argv
+  args = _Args()
 
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
@@ -175,6 +202,15 @@ def main():
     for bf16 in (False, True):
       run, params = torch_variant(args.model, bf16, args.batch)
       variants["torch bf16-autocast" if bf16 else "torch float32"] = run
+    if not args.no_compile:
+      t0 = time.perf_counter()
+      try:
+        variants["torch compile float32"], _ = torch_variant(args.model, False, args.batch,
+                                                             compile=True)
+        print(f"torch.compile (inductor) float32: compiled in {time.perf_counter() - t0:.0f} s")
+      except Exception as e:  # say what failed, keep the other variants
+        print(f"torch.compile failed after {time.perf_counter() - t0:.0f} s: "
+              f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
     print(f"torch port: {params:,} parameters")
 
   # Matmul peaks are timed inside every repeat, next to the steps, so that a load change on
@@ -208,6 +244,9 @@ def main():
   # Ratios of the medians, and in brackets the range of the per-repeat ratios (the variants of
   # one repeat ran back to back, under nearly the same load).
   for label, num, den in (("JAX/PyTorch-fp32", "torch float32", "jax float32"),
+                          ("JAX/PyTorch-compile-fp32", "torch compile float32", "jax float32"),
+                          ("PyTorch-compile/PyTorch-eager-fp32", "torch float32",
+                           "torch compile float32"),
                           ("JAX-bf16/PyTorch-bf16", "torch bf16-autocast", "jax bfloat16"),
                           ("JAX-bf16/JAX-fp32", "jax float32", "jax bfloat16"),
                           ("PyTorch-bf16/PyTorch-fp32", "torch float32", "torch bf16-autocast")):
@@ -224,4 +263,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -30,6 +30,7 @@ class PreemptionWatch:
     return False
 
   def should_stop(self, step: int) -> bool:
+    """`step`: a count rising by one per call on every process (the train loop's call count)."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       return bool(multihost_utils.reached_preemption_sync_point(step))

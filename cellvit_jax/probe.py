@@ -22,7 +22,7 @@ from cellvit_jax import results as results_lib
 from cellvit_jax import workdir_lock
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
-from cellvit_jax.models import fm_presets, fm_weights, foundation
+from cellvit_jax.models import dtypes, fm_presets, fm_weights, foundation
 from cellvit_jax.ops import normalize
 
 def feature_extractor(model, params, mesh, batch_size: int):
@@ -64,6 +64,7 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_probe(config, workdir: str) -> dict:
+  config = dtypes.with_resolved_dtype(config)  # config.json records the dtype computed in
   mesh = parallel.make_mesh()
   model, grid = check_config(config, mesh)
   workdir = workdir_lib.prepare(workdir, config)

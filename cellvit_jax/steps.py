@@ -81,8 +81,9 @@ def _tree_norm(tree):
   return optax.tree.norm(tree)
 
 
-def make_steps(model, config, schedule, mesh):
-  """Returns jitted (train_step, eval_step) for `model`."""
+def make_train_step(model, config, schedule):
+  """The pure train step `(state, batch, rng) -> (state, metrics)`, not jitted: make_steps
+  jits it alone, dispatch.py runs several in one call."""
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
 
@@ -114,6 +115,13 @@ def make_steps(model, config, schedule, mesh):
         "lr": schedule(state.step),
     }
     return new_state, metrics
+
+  return train_step
+
+
+def make_steps(model, config, schedule, mesh):
+  """Returns jitted (train_step, eval_step) for `model`."""
+  train_step = make_train_step(model, config, schedule)
 
   def eval_step(state, batch):
     logits = eval_logits(model, config, state, normalize.to_float(batch["image"]))

@@ -19,7 +19,9 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "fm.preset": "", "fm.weights": "", "fm.num_heads": 0, "fm.input_size": 0,
               "fm.resize_method": "", "fm.feature": "", "fm.layer_decay": 0.75,
               "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
-              "fm.feature_batch_size": 64, "fm.cache_dir": ""}
+              "fm.feature_batch_size": 64, "fm.cache_dir": "",
+              "dataset.on_device": "auto", "dataset.on_device_max_mb": 1024,
+              "train.steps_per_dispatch": 1}
 
 
 def upgrade(stored: dict) -> dict:

@@ -20,10 +20,12 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cellvit_jax import checkpoint, metric_writers, metrics, models, optimizer, parallel
-from cellvit_jax import preemption, results as results_lib, steps, train_length, workdir_lock
+from cellvit_jax import checkpoint, dispatch, metric_writers, metrics, models, optimizer
+from cellvit_jax import parallel, preemption, resident, steps, train_length, workdir_lock
+from cellvit_jax import results as results_lib
 from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.data import datasets, flaglimit, pipeline
+from cellvit_jax.models import dtypes
 
 
 def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) -> dict:
@@ -67,6 +69,8 @@ def check_config(config, mesh):
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
   optimizer.check_optim(config)
+  dispatch.check_config(config)
+  resident.check_config(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -75,6 +79,7 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_and_evaluate(config, workdir: str) -> dict:
+  config = dtypes.with_resolved_dtype(config)  # "auto" -> what this backend computes in
   mesh = parallel.make_mesh()
   check_config(config, mesh)
   workdir = workdir_lib.prepare(workdir, config)
@@ -105,10 +110,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh)
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   train_step, eval_step = steps.make_steps(model, config, schedule, mesh)
+  per_dispatch = config.train.steps_per_dispatch
 
-  train_iter = iter(pipeline.train_dataset(
-      dataset.source(config.dataset.train_split), subset, global_batch=config.train.batch_size,
-      seed=config.seed, cache=config.dataset.cache, workers=config.dataset.workers))
+  # Training data: resident on the device(s) with grain streaming positions, or streamed.
+  train_source = dataset.source(config.dataset.train_split)
+  subset_bytes = len(subset) * dataset.image_size ** 2 * 3
+  on_device = resident.use_on_device(config.dataset.on_device, subset_bytes,
+                                     config.dataset.on_device_max_mb)
+  resident_data = None
+  if on_device:
+    resident_data = resident.place(*pipeline.load_arrays(train_source, subset), mesh)
+    train_iter = iter(pipeline.train_index_dataset(
+        len(subset), global_batch=config.train.batch_size, seed=config.seed))
+  else:
+    train_iter = iter(pipeline.train_dataset(
+        train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
+        cache=config.dataset.cache, workers=config.dataset.workers))
+  logging.info("Training subset (%.1f MB of uint8 images) %s; %d step(s) per dispatch.",
+               subset_bytes / 2 ** 20, "held on the device(s)" if on_device else
+               "streamed from the host", per_dispatch)
+  run_steps = dispatch.Dispatcher(train_step, steps.make_train_step(model, config, schedule), mesh,
+                                  per_dispatch, resident_data)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, train_iter)
@@ -130,37 +152,46 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_every = train_length.every(config.train.eval_every_epochs, steps_per_epoch)
   ckpt_every = train_length.every(config.train.checkpoint_every_epochs, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
-  pending, timed_steps, timed_seconds, t_mark, val = [], 0, 0.0, None, None
+  pending, window, timed_steps, timed_seconds, t_mark, val = [], [], 0, 0.0, None, None
   max_steps = config.train.max_steps_per_run
   end = min(total, start + max_steps) if max_steps > 0 else total
   bar = _progress(total, start, config)
+  step, calls = start, 0
   with preemption.PreemptionWatch() as watch:
-    for step in range(start, end):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
-      pending.append(m)
-      bar.update(1)
-      done = step + 1
-      preempted = watch.should_stop(done)
+    while step < end:
+      n = dispatch.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
+      state, m = run_steps(state, [next(train_iter) for _ in range(n)], step_rng, step)
+      pending.extend(m)
+      bar.update(n)
+      done, calls = step + n, calls + 1
+      # Several processes agree on a stop through a sync point that must see ids rising by
+      # one: the call count (identical on every process), not the step.
+      preempted = watch.should_stop(calls)
       is_eval = done % eval_every == 0 or done == total
       is_ckpt = done % ckpt_every == 0 or done == end or preempted
       # Metrics are fetched only here (no per-step host sync), and always before a
       # checkpoint, so a non-finite state is never saved as the latest.
-      if done % log_every == 0 or is_eval or is_ckpt:
+      if done // log_every > step // log_every or is_eval or is_ckpt:
         host = jax.device_get(pending)
         now = time.perf_counter()
         if t_mark is not None:  # the first interval includes compilation: not timed
-          timed_steps += len(pending)
+          timed_steps += len(host)
           timed_seconds += now - t_mark
         t_mark = now
         _check_finite(done - len(host) + 1, host)
         pending = []
-        scalars = {k: float(np.mean([x[k] for x in host])) for k in host[0]}
-        if timed_seconds > 0:
-          scalars["images_per_sec"] = timed_steps * config.train.batch_size / timed_seconds
-        writer.write(done, "train", scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.3f}")
-        last_train = scalars
+        # One record per log point in this dispatch (and at its end when it evaluates or
+        # checkpoints), each the mean over the steps since the previous record.
+        for s, per_step in enumerate(host, start=done - len(host) + 1):
+          window.append(per_step)
+          if s % log_every == 0 or (s == done and (is_eval or is_ckpt)):
+            scalars = {k: float(np.mean([x[k] for x in window])) for k in window[0]}
+            if timed_seconds > 0:
+              scalars["images_per_sec"] = timed_steps * config.train.batch_size / timed_seconds
+            writer.write(s, "train", scalars)
+            window, last_train = [], scalars
+        bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['accuracy']:.3f}")
+      step = done
       if is_eval:
         val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
                        dataset.class_names)
@@ -202,7 +233,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
   results = results_lib.results_record(
       config, dataset, counts, mesh, test, val, workdir, step=total, num_params=num_params,
-      steps=total, train_images_per_sec=images_per_sec)
+      steps=total, train_images_per_sec=images_per_sec, compute_dtype=config.model.dtype,
+      train_data_on_device=on_device, steps_per_dispatch=config.train.steps_per_dispatch)
   if is_main:
     workdir_lib.write_json(workdir, "results.json", results)
   return results

@@ -19,6 +19,9 @@ from cellvit_jax import stored_config, workdir_lock
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
                      "dataset.data_dir", "dataset.cache", "train.max_steps_per_run",
+                     # the same batches and steps, held or dispatched differently
+                     # (resident.py, dispatch.py)
+                     "dataset.on_device", "dataset.on_device_max_mb", "train.steps_per_dispatch",
                      # where the FM feature cache lives (entries are keyed by content)
                      "fm.cache_dir", "fm.feature_batch_size"}
 

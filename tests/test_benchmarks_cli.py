@@ -48,7 +48,7 @@ def test_each_benchmark_shows_its_help_without_pythonpath():
              if line.startswith("RESULT")}
   assert sorted(results) == MODULES, proc.stderr[-3000:]
   for name, (code, shown) in results.items():
-    # argparse (train_step, record) exits 0 after --help; absl exits 1 after printing it.
+    # absl exits 0 or 1 after printing --help, depending on how the program was started.
     assert code in ("0", "1") and shown == "True", (name, code, shown)
 
 

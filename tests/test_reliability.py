@@ -48,11 +48,16 @@ def _steps_logged(workdir):
     return sum(1 for line in f if '"train"' in line)
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("per_dispatch", [1, 4])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, tmp_path,
+                                                                per_dispatch):
+  """Also with 4 steps per jitted call (config.train.steps_per_dispatch)."""
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-  subprocess.run(_cmd(tiny_data_dir, ref), cwd=REPO, check=True, capture_output=True, timeout=600)
+  extra = {"train.steps_per_dispatch": per_dispatch}
+  subprocess.run(_cmd(tiny_data_dir, ref, **extra), cwd=REPO, check=True, capture_output=True,
+                 timeout=600)
 
-  proc = subprocess.Popen(_cmd(tiny_data_dir, killed), cwd=REPO, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(_cmd(tiny_data_dir, killed, **extra), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   # Once the first checkpoint (step 16, written asynchronously) is final, mid-epoch 2 or 3.
   _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "16"))
@@ -61,8 +66,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, t
   proc.wait()
   assert checkpoint.Checkpointer(killed).latest_step() in (16, 32)
   assert not os.path.exists(os.path.join(killed, "results.json"))
-  subprocess.run(_cmd(tiny_data_dir, killed), cwd=REPO, check=True, capture_output=True,
-                 timeout=600)
+  subprocess.run(_cmd(tiny_data_dir, killed, **extra), cwd=REPO, check=True,
+                 capture_output=True, timeout=600)
 
   # Bitwise on CPU: every logged train metric (loss, parameter norm, ...) and the results.
   drop = ("images_per_sec",)

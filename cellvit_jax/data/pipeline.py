@@ -80,6 +80,27 @@ def train_dataset(source, indices, *, global_batch: int, seed: int, cache: bool 
   return it
 
 
+def train_index_dataset(num_examples: int, *, global_batch: int, seed: int,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> grain.IterDataset:
+  """Infinite stream of host-local batches {'index': int32 positions into the training
+  subset}, for data resident on the device (dispatch.place_resident).
+
+  The same grain graph as train_dataset (shuffle per epoch, repeat, host sharding, batch)
+  over positions instead of records, so position i of every batch names the example that
+  train_dataset would have put there, and the iterator state (a position) is the same.
+  """
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if num_examples == 0:
+    raise ValueError("the training subset is empty; check the dataset's train split and FlagLimit")
+  ds = grain.MapDataset.source(np.arange(num_examples, dtype=np.int32)).shuffle(seed=seed).repeat()
+  if pc > 1:
+    ds = ds[pi::pc]
+  ds = ds.batch(global_batch // pc, drop_remainder=True).map(lambda idx: {"index": idx})
+  return ds.to_iter_dataset()
+
+
 def eval_batches(images: np.ndarray, labels: np.ndarray, global_batch: int,
                  process_index: Optional[int] = None, process_count: Optional[int] = None
                  ) -> Iterator[dict]:

@@ -100,7 +100,7 @@ def config_cost(config, *, num_classes: int = 4, batch_sizes: Sequence[int] = (1
       "model": config.model.name,
       "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
       "input_size": NATIVE_SIZE,
-      "dtype": config.model.dtype,
+      "dtype": dtypes.resolve_dtype(config.model.dtype),
   }
   row.update(measure_forward(model_forward(model, config, NATIVE_SIZE), variables,
                              batch_sizes=batch_sizes, min_seconds=min_seconds))

@@ -1,11 +1,33 @@
 """config.model.dtype -> the compute dtype a model is built with (parameters stay float32)."""
+import jax
 import jax.numpy as jnp
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def compute_dtype(name: str):
+def resolve_dtype(name: str, backend: str = "") -> str:
+  """config.model.dtype -> "float32" | "bfloat16". "auto" (the default) computes in bf16 on
+  GPU/TPU and in float32 on CPU, where XLA:CPU bf16 measured slower (benchmarks/FINDINGS.md);
+  parameters and optimiser state stay float32 either way."""
+  if name == "auto":
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
   if name not in COMPUTE_DTYPES:
     raise ValueError(f"config.model.dtype={name!r} is not supported; choose one of "
-                     f"{sorted(COMPUTE_DTYPES)}")
-  return COMPUTE_DTYPES[name]
+                     f"{sorted(['auto', *COMPUTE_DTYPES])}")
+  return name
+
+
+def compute_dtype(name: str):
+  return COMPUTE_DTYPES[resolve_dtype(name)]
+
+
+def with_resolved_dtype(config):
+  """A copy of `config` whose model.dtype names the dtype this backend computes in, so that
+  config.json and results.json record it (and a run moved to another backend is refused as
+  a different config rather than resumed in another precision)."""
+  resolved = resolve_dtype(config.model.dtype)
+  if resolved == config.model.dtype:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.dtype = resolved
+  return config

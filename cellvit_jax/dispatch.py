@@ -1,0 +1,127 @@
+"""Several train steps per jitted call: config.train.steps_per_dispatch = k.
+
+A small model on 40x40 patches finishes a step on an accelerator sooner than the host can
+launch the next one; k steps in one call pay the launch (and the host's batch handling) once.
+The per-step rng stays fold_in(rng, step), taken inside the call from state.step, and every
+step's metrics come back for logging, so a run logs, evaluates and checkpoints as with k = 1.
+
+Which program runs a dispatch of n steps:
+- n == 1, and every dispatch when k == 1: one step with no loop around it. Streamed batches
+  go through the very jitted step of steps.make_steps (the loop before this module existed,
+  bit for bit); resident data (resident.py) adds only the on-device gather in front of it.
+- n == k > 1: one program of k steps. On CPU the k steps are unrolled into the entry
+  computation; elsewhere a lax.scan. XLA:CPU rewrites convolutions into the layout its fast
+  (Eigen) kernels take only in the entry computation (ConvCanonicalization walks
+  module->entry_computation()), so the backward convolutions in a loop body run as naive loops:
+  a ResNet-18 step at batch 8 took 1.4 s plain and 13-29 s inside a one-step fori_loop
+  (benchmarks/FINDINGS.md). Unrolling costs compile time (about k times one step's).
+- 1 < n < k (a dispatch cut at an evaluation, checkpoint or the end): n single steps, so at
+  most two programs are ever compiled.
+"""
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cellvit_jax import parallel, resident
+
+
+def check_config(config):
+  """One-line error for config.train.steps_per_dispatch."""
+  k = config.train.steps_per_dispatch
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 (train "
+                     "steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
+
+
+def unrolls(backend: str = "") -> bool:
+  """Whether a k-step program unrolls its steps (CPU) rather than scanning over them."""
+  return (backend or jax.default_backend()) == "cpu"
+
+
+def stacked_sharding(mesh) -> NamedSharding:
+  """(steps, batch, ...) arrays: the step axis whole, the batch axis split over 'data'."""
+  return NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+
+
+def stack_batches(batches, mesh) -> dict:
+  """Host-local batches of one dispatch -> global (len(batches), global batch, ...) arrays."""
+  sharding = stacked_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]))
+          for k in batches[0]}
+
+
+def make_multi_step(pure_step, mesh, k: int, unroll=None):
+  """Jits `(state, resident_data, xs, rng) -> (state, (metrics of step 1, ..., of step k))`:
+  k steps of the pure `pure_step` (steps.make_train_step), step i on xs[i] with
+  fold_in(rng, state.step). xs: stack_batches of {'image', 'label'} or of {'index'} into
+  resident_data (resident.place; {} when streaming). unroll: None = unrolls()."""
+  unroll = unrolls() if unroll is None else unroll
+
+  def one_step(state, resident_data, batch, rng):
+    batch = resident.gather(resident_data, batch, mesh)
+    return pure_step(state, batch, jax.random.fold_in(rng, state.step))
+
+  def run(state, resident_data, xs, rng):
+    if unroll:
+      metrics = []
+      for i in range(k):
+        state, m = one_step(state, resident_data, jax.tree.map(lambda x: x[i], xs), rng)
+        metrics.append(m)
+      return state, tuple(metrics)
+    state, ys = jax.lax.scan(lambda s, x: one_step(s, resident_data, x, rng), state, xs)
+    return state, tuple(jax.tree.map(lambda y: y[i], ys) for i in range(k))
+
+  rep = parallel.replicated(mesh)
+  return jax.jit(run, in_shardings=(rep, rep, stacked_sharding(mesh), rep),
+                 out_shardings=(rep, rep), donate_argnums=0)
+
+
+class Dispatcher:
+  """`dispatcher(state, batches, rng, step) -> (state, [metrics per step])`: runs the
+  len(batches) steps that start after `step` steps (see the module docstring for how).
+
+  train_step: the jitted single step of steps.make_steps; pure_step: the same step unjitted
+  (steps.make_train_step); resident_data: resident.place(...) when batches are {'index'}
+  positions, else None.
+  """
+
+  def __init__(self, train_step, pure_step, mesh, steps_per_dispatch: int, resident_data=None):
+    self._mesh, self._k, self._resident = mesh, steps_per_dispatch, resident_data
+    self._train_step = train_step
+    if resident_data is not None:
+      rep = parallel.replicated(mesh)
+      self._train_step = jax.jit(
+          lambda state, data, batch, rng: pure_step(state, resident.gather(data, batch, mesh), rng),
+          in_shardings=(rep, rep, parallel.batch_sharding(mesh), rep), out_shardings=(rep, rep),
+          donate_argnums=0)
+    self._multi_step = None
+    if steps_per_dispatch > 1:
+      self._multi_step = make_multi_step(pure_step, mesh, steps_per_dispatch)
+
+  def _single(self, state, batch, rng):
+    batch = parallel.shard_batch(batch, self._mesh)
+    if self._resident is None:
+      return self._train_step(state, batch, rng)
+    return self._train_step(state, self._resident, batch, rng)
+
+  def __call__(self, state, batches, rng, step: int):
+    if len(batches) == self._k > 1:
+      return self._multi_step(state, self._resident or {}, stack_batches(batches, self._mesh), rng)
+    metrics = []
+    for i, batch in enumerate(batches):
+      state, m = self._single(state, batch, jax.random.fold_in(rng, step + i))
+      metrics.append(m)
+    return state, metrics
+
+
+def dispatch_length(step: int, k: int, stop: int, every=()) -> int:
+  """Steps in the dispatch that starts after `step` steps: up to the next multiple of k, cut
+  at `stop` and at each multiple of every interval in `every` (evaluation, checkpoints).
+
+  Dispatches lie on a fixed grid of step numbers, so a run resumed from a checkpoint
+  (always a dispatch boundary) dispatches exactly as the uninterrupted run did.
+  """
+  end = min(stop, (step // k + 1) * k)
+  for e in every:
+    end = min(end, (step // e + 1) * e)
+  return end - step
