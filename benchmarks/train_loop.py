@@ -86,7 +86,8 @@ def main(argv):
   print(f"CPU: {cpu}")
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   baseline = os.path.abspath(args.baseline_tree) if args.baseline_tree else ROOT
-  current_is = baseline if args.baseline_tree else "this tree, on_device=false, steps_per_dispatch=1"
+  current_is = (baseline if args.baseline_tree
+                else "this tree, on_device=false, steps_per_dispatch=1")
   print(f"current: {current_is}")
   sys.path.insert(0, ROOT)
   from cellvit_jax import default_config
