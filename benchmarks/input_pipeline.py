@@ -60,14 +60,15 @@ def time_train_step(num_classes, image_size, batch, steps):
   import jax
   import numpy as np
 
-  from cellvit_jax import models, parallel
+  from cellvit_jax import config_file, models, optimizer, parallel
   from cellvit_jax import steps as steps_lib
-  from configs import customvit
-  config = customvit.get_config()
+  from cellvit_jax.models import dtypes
+  config = config_file.load("configs/customvit.py")
   mesh = parallel.make_mesh()
   model = models.build(config.model.name, num_classes,
-                       dtype=steps_lib.compute_dtype(config.model.dtype), **config.model.kwargs)
-  tx, schedule = steps_lib.make_optimizer(config, total_steps=1000, steps_per_epoch=100)
+                       dtype=dtypes.compute_dtype(config.model.dtype), **config.model.kwargs)
+  tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=1000,
+                                          steps_per_epoch=100)
   state = steps_lib.create_state(jax.random.key(0), model, tx, image_size, mesh)
   train_step, _ = steps_lib.make_steps(model, config, schedule, mesh)
   device_batch = parallel.shard_batch(batch, mesh)
