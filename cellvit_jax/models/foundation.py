@@ -7,9 +7,9 @@ backbone and head are one params pytree that jit, optax and orbax treat like any
 The model takes float [0, 1] NHWC patches at their native size (40x40): the resize to the FM's
 input size and the preset's normalisation happen here, inside the jitted step, and nowhere else
 (the model says so through `normalizes_input`, so the step skips its own).  The ports'
-public wrappers (FlaxViTModel & co.) take NCHW and transpose to NHWC before calling these modules; we call
-the modules, so images stay NHWC end to end: that transpose is the one place HF's NCHW
-convention is handled, and we skip it.
+public wrappers (FlaxViTModel & co.) take NCHW and transpose to NHWC before calling these
+modules; we call the modules, so images stay NHWC end to end: that transpose is the one place
+HF's NCHW convention is handled, and we skip it.
 
 Tiny random checkpoints in the published formats (tests, trying the pipeline offline) are
 written by models/fm_tiny.py.
