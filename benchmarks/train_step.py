@@ -174,16 +174,9 @@ def define_flags():
                     "Skip the torch.compile variant (its compilation takes minutes on CPU).")
 
 
-class _Args:
-  """The flags as attributes (no_torch for --no-torch)."""
-
-  def __getattr__(self, name):
-    return flags.FLAGS[name.replace("no_", "no-", 1) if name.startswith("no_") else name].value
-
-
 def main(argv):
   del argv
-  args = _Args()
+  args = flags.FLAGS
 
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
@@ -195,14 +188,14 @@ def main(argv):
     variants[f"jax {d}"] = run
     print(f"{args.model}: {params:,} parameters; XLA FLOPs per train step ({d}) = "
           f"{flops[d] / 1e9:.1f} G ({flops[d] / args.batch / 1e9:.3f} G/image)")
-  if not args.no_torch:
+  if not args['no-torch'].value:
     import torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     for bf16 in (False, True):
       run, params = torch_variant(args.model, bf16, args.batch)
       variants["torch bf16-autocast" if bf16 else "torch float32"] = run
-    if not args.no_compile:
+    if not args['no-compile'].value:
       t0 = time.perf_counter()
       try:
         variants["torch compile float32"], _ = torch_variant(args.model, False, args.batch,
@@ -225,7 +218,7 @@ def main(argv):
   for _ in range(args.repeats):
     for d, jd in peak_dtypes.items():
       peaks[d].append(matmul_flops_per_sec(jd, 2048))
-    if not args.no_torch:
+    if not args['no-torch'].value:
       for name, td in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         torch_peaks[name].append(torch_matmul_flops_per_sec(td, 2048))
     for k, run in variants.items():
