@@ -23,12 +23,17 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "dataset.on_device": "auto", "dataset.on_device_max_mb": 1024,
               "train.steps_per_dispatch": 1}
 
+# The same for one model's config.model.kwargs (a switch added to its architecture later).
+ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True}}
+
 
 def upgrade(stored: dict) -> dict:
   """A stored config (nested dicts, as JSON holds it) with the keys it predates filled in."""
   flat = traverse_util.flatten_dict(stored, keep_empty_nodes=True, sep=".")
   for key, value in ADDED_KEYS.items():
     flat.setdefault(key, value)
+  for key, value in ADDED_MODEL_KWARGS.get(flat.get("model.name"), {}).items():
+    flat.setdefault(f"model.kwargs.{key}", value)
   return traverse_util.unflatten_dict(flat, sep=".")
 
 

@@ -1,4 +1,5 @@
 import itertools
+import json
 import os
 
 import jax
@@ -127,3 +128,52 @@ def test_conv_tokenizers_need_a_power_of_two_patch():
   model = models.build("customvit", 2, tokenizer="cct", patch_size=5, dim=16, depth=1, num_heads=2)
   with pytest.raises(ValueError, match="power-of-two patch_size"):
     model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+
+
+@pytest.mark.parametrize("stride,kernel,cin", [(1, 3, 3), (2, 3, 8), (2, 3, 5), (1, 1, 4)])
+def test_conv_as_matmul_equals_xla_convolution(stride, kernel, cin):
+  from cellvit_jax.models import layers
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (2, 10, 10, cin))
+  w = jax.random.normal(kw, (kernel, kernel, cin, 6))
+  pad = ((kernel // 2,) * 2,) * 2
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(x, w):
+    return layers.conv_as_matmul(x, w, stride)
+
+  assert ours(x, w).shape == xla(x, w).shape
+  assert jnp.allclose(ours(x, w), xla(x, w), atol=1e-5, rtol=1e-5)
+  g = jax.random.normal(kg, xla(x, w).shape)
+  for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(xla, x, w)[1](g)):
+    assert jnp.allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_stem_impl_changes_the_computation_not_the_parameters():
+  x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
+  kw = dict(dim=16, depth=1, num_heads=2, drop_path=0.0)
+  conv = models.build("customvit", 3, stem_impl="conv", **kw)
+  matmul = models.build("customvit", 3, stem_impl="matmul", **kw)
+  variables = conv.init({"params": jax.random.key(0)}, x)
+  same = jax.tree.map(jnp.array_equal, variables, matmul.init({"params": jax.random.key(0)}, x))
+  assert all(jax.tree.leaves(same))
+  for train in (False, True):
+    a = conv.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
+    b = matmul.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      assert jnp.allclose(u, v, atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="conv implementation 'fast'"):
+    models.build("customvit", 3, stem_impl="fast", **kw).init({"params": jax.random.key(0)}, x)
+
+
+def test_customvit_runs_recorded_before_the_stem_switches_still_resume():
+  from cellvit_jax import workdir as workdir_lib
+  new = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  old = json.loads(json.dumps(new))
+  del old["model"]["kwargs"]["stem_full_res"], old["model"]["kwargs"]["stem_impl"]
+  assert workdir_lib.config_differences(old, new) == []  # absent meant True; impl is how only
+  new["model"]["kwargs"]["stem_full_res"] = False
+  assert workdir_lib.config_differences(old, new) == ["model.kwargs.stem_full_res"]

@@ -14,6 +14,10 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
 - stem_width: channels of the first conv of 'convstem' / 'cct' (0 -> dim // 4);
 - stem_full_res: 'convstem' starts with a stride-1 conv at full resolution (ours) or, False,
   with the stride-2 convs alone (Xiao et al.'s layout; cheaper on CPU);
+- stem_impl: how the 'convstem' convolutions are computed, not what they compute: 'conv'
+  (XLA's convolution), 'matmul' (patches @ kernel, layers.conv_as_matmul) or 'auto' (matmul
+  on CPU, where XLA's small-channel conv backward is slow; conv on GPU / TPU). Same
+  parameters, equal outputs up to float rounding;
 - spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
   half-patch shifts are stacked on channels before patchifying, widening each token's
   receptive field;
@@ -60,6 +64,7 @@ class CustomViT(interface.Model):
   lsa: bool = False
   stem_width: int = 0
   stem_full_res: bool = True
+  stem_impl: str = "auto"
   pos_emb: str = "learned"
   pool: str = "cls"
   drop_path: float = 0.1
@@ -141,7 +146,8 @@ class CustomViT(interface.Model):
       # one stride-1 conv first so the thin membrane signal is seen at full resolution.
       strides = ([1] if self.stem_full_res else []) + [2] * stages
       for i, stride in enumerate(strides):
-        x = layers.ConvBN(width, 3, stride=stride, dtype=self.dtype, name=f"stem{i}")(x, train)
+        x = layers.ConvBN(width, 3, stride=stride, impl=self.stem_impl, dtype=self.dtype,
+                          name=f"stem{i}")(x, train)
         x = nn.relu(x)
         width = min(width * 2, self.dim) if i < len(strides) - 1 else width
       return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embed")(x)
