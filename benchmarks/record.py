@@ -30,6 +30,9 @@ BENCHMARKS = (  # (name, command, why)
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes "
      "tens of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun "
      "with --batch=256 on a faster device."),
+    ("stem_impl", f"{PY} -m benchmarks.stem_impl",
+     "CustomViT train step with the conv stem as XLA convolutions vs as patch matmuls "
+     "(stem_impl), patch sizes 4 and 8, batch 128, interleaved; CPU time and wall time."),
     ("train_loop", f"{PY} -m benchmarks.train_loop",
      "End-to-end training images/s, new loop (training subset on the device, k steps per "
      "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "

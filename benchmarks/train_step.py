@@ -75,10 +75,14 @@ def torch_matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:
   return 2 * n ** 3 / float(np.median(times))
 
 
-def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compiled=False):
-  """-> (run(n): seconds per step over n steps, XLA FLOPs per step, parameter count[, compiled])."""
+def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compiled=False,
+                model_kwargs=None):
+  """-> (run(n): seconds per step over n steps, XLA FLOPs per step, parameter count[, compiled]).
+
+  `model_kwargs` override keys of the config's model.kwargs (benchmarks/stem_impl.py)."""
   config = load(model_name)
   config.model.dtype = dtype
+  config.model.kwargs.update(model_kwargs or {})
   model = models.build(model_name, NUM_CLASSES, dtype=dtypes_lib.compute_dtype(dtype),
                        **config.model.kwargs)
   tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=10_000,
