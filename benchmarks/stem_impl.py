@@ -53,8 +53,9 @@ def main(argv):
         cpu[k].append((time.process_time() - c0) / FLAGS.steps)
     for k in runs:
       print(f"patch {p} stem_impl={k:6s} wall {np.median(wall[k]) * 1e3:7.0f} ms/step "
-            f"[{min(wall[k]) * 1e3:.0f}-{max(wall[k]) * 1e3:.0f}]  CPU {np.median(cpu[k]) * 1e3:7.0f}"
-            f" ms/step [{min(cpu[k]) * 1e3:.0f}-{max(cpu[k]) * 1e3:.0f}]")
+            f"[{min(wall[k]) * 1e3:.0f}-{max(wall[k]) * 1e3:.0f}]  "
+            f"CPU {np.median(cpu[k]) * 1e3:7.0f} ms/step "
+            f"[{min(cpu[k]) * 1e3:.0f}-{max(cpu[k]) * 1e3:.0f}]")
     ratio = np.array(cpu["conv"]) / np.array(cpu["matmul"])
     wall_ratio = np.array(wall["conv"]) / np.array(wall["matmul"])
     print(f"stem_impl matmul/conv train-step speed (patch {p}) = {np.median(ratio):.2f}  "

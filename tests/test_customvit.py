@@ -177,3 +177,13 @@ def test_customvit_runs_recorded_before_the_stem_switches_still_resume():
   assert workdir_lib.config_differences(old, new) == []  # absent meant True; impl is how only
   new["model"]["kwargs"]["stem_full_res"] = False
   assert workdir_lib.config_differences(old, new) == ["model.kwargs.stem_full_res"]
+
+
+def test_reported_gflops_do_not_depend_on_the_stem_impl():
+  from cellvit_jax.experiments import export_rows
+  config = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  flops = {}
+  for impl in ("conv", "matmul"):
+    config["model"]["kwargs"]["stem_impl"] = impl
+    flops[impl] = export_rows.model_gflops(config, 4)
+  assert flops["conv"] == flops["matmul"] > 0

@@ -104,6 +104,13 @@ def config_cost(config, *, num_classes: int = 4, batch_sizes: Sequence[int] = (1
   }
   row.update(measure_forward(model_forward(model, config, NATIVE_SIZE), variables,
                              batch_sizes=batch_sizes, min_seconds=min_seconds))
+  counted = model.counted_form()
+  if counted is not model:  # speed as it runs here, FLOPs in the backend-independent form
+    b = max(int(b) for b in batch_sizes)
+    images = jnp.zeros((b, NATIVE_SIZE, NATIVE_SIZE, 3), jnp.uint8)
+    forward = jax.jit(model_forward(counted, config, NATIVE_SIZE))
+    compiled = forward.lower(variables, images).compile()
+    row["gflops_per_image"] = xla_flops(compiled) / b / 1e9
   return row
 
 

@@ -134,6 +134,10 @@ class CustomViT(interface.Model):
                     name="head")
     return head(x).astype(jnp.float32)
 
+  def counted_form(self):
+    # The stem's FLOPs as XLA's convolutions count them, whichever form runs here.
+    return self.clone(stem_impl="conv")
+
   def _conv_tokenizer(self, x, train):
     """'convstem' / 'cct': a small CNN that brings 40x40 pixels to the (h/p)x(w/p) token grid."""
     p = self.patch_size

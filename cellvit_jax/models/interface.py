@@ -11,6 +11,10 @@ optimiser call these methods instead of asking what kind of model they train:
   weight_decay_mask(p)  the parameters AdamW decays (a pytree of bools like `p`).
   layerwise_lr          True: the optimiser multiplies each update by its factor in
                         lr_scales(p) (a pytree of floats like `p`); False: one learning rate.
+  counted_form()        the module whose XLA FLOPs are reported as the model's cost: itself,
+                        unless it computes a layer in a backend-dependent form (CustomViT's
+                        stem_impl), when the canonical form is counted, so that GFLOPs/image
+                        is one figure on every backend.
 """
 import flax.linen as nn
 import jax
@@ -33,3 +37,6 @@ class Model(nn.Module):
 
   def lr_scales(self, params):
     return jax.tree.map(lambda p: 1.0, params)
+
+  def counted_form(self):
+    return self
