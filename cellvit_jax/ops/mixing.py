@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 def mixup(images, targets, lam, perm):
   """images (B, ...), targets (B, K), lam a scalar in [0, 1], perm (B,) -> mixed pair."""
+  images, targets = jnp.asarray(images), jnp.asarray(targets)
   lam_x = jnp.asarray(lam, images.dtype)
   lam_y = jnp.asarray(lam, targets.dtype)
   return (lam_x * images + (1 - lam_x) * images[perm],
@@ -47,6 +48,7 @@ def cutmix(images, targets, mask, perm):
   Returns (images, targets, w) with w = mask.sum() / (H * W), the fraction of every sample
   that now comes from its partner."""
   height, width = mask.shape
+  images, targets = jnp.asarray(images), jnp.asarray(targets)
   images = jnp.where(mask[None, :, :, None], images[perm], images)
   w = (jnp.sum(mask, dtype=jnp.int32) / (height * width)).astype(targets.dtype)
   return images, (1 - w) * targets + w * targets[perm], w
