@@ -145,13 +145,15 @@ def make_train_step(model, config, schedule):
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
-    images01 = augment(batch["image"], aug_rng, config)
+    images = model_input(model, augment(batch["image"], aug_rng, config), config)
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
-    if mix_args is not None:  # mixup / CutMix of the augmented batch and its soft targets
-      images01, targets = mixing.random_mix(jax.random.fold_in(aug_rng, _MIX_STREAM), images01,
-                                            targets, *mix_args)
-    images = model_input(model, images01, config)
+    if mix_args is not None:
+      # mixup / CutMix of the augmented batch and its soft targets. After model_input: a
+      # convex combination or a paste commutes with the per-channel affine normalisation,
+      # and the off path stays the very program it was before these switches.
+      images, targets = mixing.random_mix(jax.random.fold_in(aug_rng, _MIX_STREAM), images,
+                                          targets, *mix_args)
 
     def loss_fn(params):
       variables = _variables(state, params)
