@@ -54,6 +54,21 @@ def get_config():
   # U(sigma_min, sigma_max) in pixels of the patch. Off by default; configs/customvit_blur_aug.py
   # turns it on. sigma_max also fixes the kernel radius ceil(3 * sigma_max).
   config.augment.blur = ml_collections.ConfigDict(dict(prob=0.0, sigma_min=0.0, sigma_max=1.5))
+  # Recipe switches, all off by default (ops/color.py, ops/mixing.py; README "Augmentation").
+  # Stain jitter (Tellez et al. 2018) after flips/rotations: with probability `prob` per sample,
+  # RGB -> haematoxylin/eosin/DAB (Ruifrok & Johnston 2001), each stain * U(1 - scale,
+  # 1 + scale) + U(-shift, shift) (skimage.color.rgb2hed units), back to RGB.
+  config.augment.hed = ml_collections.ConfigDict(dict(prob=0.0, scale=0.05, shift=0.01))
+  # Colour jitter after the stain jitter: with probability `prob` per sample, brightness,
+  # contrast and saturation factors ~ U(1 - s, 1 + s) (0: that one off). No hue: in H-DAB
+  # the hue is the label's signal.
+  config.augment.color = ml_collections.ConfigDict(dict(prob=0.0, brightness=0.1,
+                                                        contrast=0.1, saturation=0.1))
+  # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019) of the augmented batch and its
+  # label-smoothed targets, lam ~ Beta(alpha, alpha); 0 is off; both > 0: one of the two per
+  # batch, each with probability 0.5.
+  config.augment.mixup_alpha = 0.0
+  config.augment.cutmix_alpha = 0.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3                # peak learning rate, for batch_size below

@@ -6,6 +6,7 @@ batch is sharded on 'data', the state replicated, and XLA adds the all-reduces. 
 differs per model (who normalises the input) comes from the model's interface
 (models/interface.py); the optimiser is optimizer.py's.
 """
+import math
 from typing import Any
 
 import flax
@@ -16,11 +17,15 @@ from flax.training import train_state
 
 from cellvit_jax import parallel
 from cellvit_jax.ops import augment as augment_ops
-from cellvit_jax.ops import dihedral, normalize
+from cellvit_jax.ops import color, dihedral, mixing, normalize
 
-# fold_in constant of the blur augmentation's random stream: flips and rotations keep the
-# draws they had before blur existed, whether or not blur is on.
+# fold_in constants of the augmentations' random streams, each folded into the step's
+# augmentation rng: flips and rotations keep the draws they had before blur existed, and
+# every augmentation keeps its draws whether or not the others are on.
 _BLUR_STREAM = 1
+_HED_STREAM = 2
+_COLOR_STREAM = 3
+_MIX_STREAM = 4
 
 
 class TrainState(train_state.TrainState):
@@ -35,21 +40,71 @@ def blur_augment_config(config):
   return float(b.prob), float(b.sigma_min), float(b.sigma_max)
 
 
+def hed_augment_config(config):
+  """config.augment.hed as (prob, scale, shift) floats, or None when it is off."""
+  h = config.augment.hed
+  args = color.check_hed_args(h.prob, h.scale, h.shift)
+  return None if color.hed_is_off(*args) else args
+
+
+def color_augment_config(config):
+  """config.augment.color as (prob, brightness, contrast, saturation), or None when off."""
+  c = config.augment.color
+  args = color.check_color_args(c.prob, c.brightness, c.contrast, c.saturation)
+  return None if color.color_is_off(*args) else args
+
+
+def mix_config(config):
+  """(config.augment.mixup_alpha, config.augment.cutmix_alpha), or None when both are 0."""
+  alphas = (mixing.check_alpha("mixup_alpha", config.augment.mixup_alpha),
+            mixing.check_alpha("cutmix_alpha", config.augment.cutmix_alpha))
+  return None if alphas == (0.0, 0.0) else alphas
+
+
+# Ranges of the augmentation switches: key under config.augment -> (upper bound, example).
+# Strengths above 1 would make a scale factor U(1 - s, 1 + s) negative.
+_AUGMENT_RANGES = {
+    "hed.prob": (1.0, 0.5), "hed.scale": (1.0, 0.05), "hed.shift": (1.0, 0.01),
+    "color.prob": (1.0, 0.5), "color.brightness": (1.0, 0.1), "color.contrast": (1.0, 0.1),
+    "color.saturation": (1.0, 0.1),
+    "mixup_alpha": (math.inf, 0.2), "cutmix_alpha": (math.inf, 1.0),
+}
+
+
 def check_augment(config):
-  """Range checks of config.augment.blur, before anything is written (one-line errors)."""
+  """Range checks of config.augment, before anything is written (one-line errors)."""
   b = config.augment.blur
   try:
     augment_ops.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
                                   float(b.sigma_max))
   except ValueError as e:
     raise ValueError(f"config.augment.blur: {e}") from None
+  for key, (high, example) in _AUGMENT_RANGES.items():
+    node = config.augment
+    for part in key.split("."):
+      node = node[part]
+    try:
+      v = float(node)
+    except (TypeError, ValueError):
+      v = math.nan
+    if not (math.isfinite(v) and 0.0 <= v <= high):
+      bounds = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
+      raise ValueError(f"config.augment.{key}={node!r} must be a finite number {bounds} "
+                       f"(0 turns it off); pass e.g. --config.augment.{key}={example}")
 
 
 def augment(images, rng, config):
   """uint8 (B, H, W, 3) -> float [0, 1] with train-time augmentation: random flips / 90-degree
-  rotations, then (if config.augment.blur.prob > 0) a random Gaussian blur per sample."""
+  rotations, then each one that is on, per sample: stain (HED) jitter, colour jitter,
+  Gaussian blur (the order a slide meets them: staining, the scanner's colour, its focus)."""
   x = normalize.to_float(images)
   x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
+  hed_args = hed_augment_config(config)
+  if hed_args is not None:
+    x = color.random_hed_jitter(jax.random.fold_in(rng, _HED_STREAM), x, *hed_args)
+  color_args = color_augment_config(config)
+  if color_args is not None:
+    x = color.random_color_jitter(jax.random.fold_in(rng, _COLOR_STREAM), x, *color_args)
   blur_args = blur_augment_config(config)
   if blur_args is not None:
     x = augment_ops.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
@@ -86,12 +141,19 @@ def make_train_step(model, config, schedule):
   jits it alone, dispatch.py runs several in one call."""
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
+  mix_args = mix_config(config)
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
     images = model_input(model, augment(batch["image"], aug_rng, config), config)
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+    if mix_args is not None:
+      # mixup / CutMix of the augmented batch and its soft targets. After model_input: a
+      # convex combination or a paste commutes with the per-channel affine normalisation,
+      # and the off path stays the very program it was before these switches.
+      images, targets = mixing.random_mix(jax.random.fold_in(aug_rng, _MIX_STREAM), images,
+                                          targets, *mix_args)
 
     def loss_fn(params):
       variables = _variables(state, params)
@@ -108,6 +170,8 @@ def make_train_step(model, config, schedule):
       new_state = new_state.replace(batch_stats=updates["batch_stats"])
     metrics = {
         "loss": loss,
+        # Against the original labels, also under mixup / CutMix: how often the prediction is
+        # each sample's own class (a mixed target has no single right class).
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": _tree_norm(grads),
         "param_norm": _tree_norm(new_state.params),

@@ -21,7 +21,11 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "fm.probe_l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "fm.probe_max_steps": 300,
               "fm.feature_batch_size": 64, "fm.cache_dir": "",
               "dataset.on_device": "auto", "dataset.on_device_max_mb": 1024,
-              "train.steps_per_dispatch": 1}
+              "train.steps_per_dispatch": 1,
+              "augment.hed.prob": 0.0, "augment.hed.scale": 0.05, "augment.hed.shift": 0.01,
+              "augment.color.prob": 0.0, "augment.color.brightness": 0.1,
+              "augment.color.contrast": 0.1, "augment.color.saturation": 0.1,
+              "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0}
 
 # The same for one model's config.model.kwargs (a switch added to its architecture later).
 ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True}}
