@@ -83,9 +83,10 @@ def write_failure_hint(error, directory: str, elsewhere: str = "pass another --w
 
 def config_differences(old: dict, new: dict) -> list:
   # Both configs as JSON stores them (tuples as lists), flattened to 'a.b' keys.
-  # The stored one with the keys it predates filled in (stored_config.ADDED_KEYS).
-  a, b = (traverse_util.flatten_dict(json.loads(json.dumps(c)), sep=".")
-          for c in (stored_config.upgrade(old), new))
+  # Both with the keys a config may lack filled in (stored_config): the stored one predates
+  # them; a new one may leave a model switch to its default (model.kwargs).
+  a, b = (traverse_util.flatten_dict(json.loads(json.dumps(stored_config.upgrade(c))), sep=".")
+          for c in (old, new))
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 
