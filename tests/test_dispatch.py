@@ -172,6 +172,7 @@ TWO_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # minutes; the one-device bitwise test above stays in the default command
 def test_two_devices_resident_k3_equal_host_stream_one_per_call():
   """On a 2-device mesh (BatchNorm ResNet): indices sharded over 'data' gather from the
   replicated subset; one step per call gives the same bits as streamed batches one per call,

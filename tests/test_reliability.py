@@ -48,7 +48,8 @@ def _steps_logged(workdir):
     return sum(1 for line in f if '"train"' in line)
 
 
-@pytest.mark.parametrize("per_dispatch", [1, 4])
+# k = 4 (several steps per dispatch) takes minutes: out of the default command, run with -m slow.
+@pytest.mark.parametrize("per_dispatch", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, tmp_path,
                                                                 per_dispatch):
   """Also with 4 steps per jitted call (config.train.steps_per_dispatch)."""
