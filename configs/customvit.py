@@ -15,7 +15,9 @@ def get_config():
   config = default.get_config()
   config.model.name = "customvit"
   config.model.kwargs = ml_collections.ConfigDict(dict(
-      patch_size=4,          # 40x40 -> 10x10 tokens
+      # 40x40 -> 5x5 tokens: val within a point of patch 4 (10x10 tokens) in each of three
+      # seeds at 30 epochs, at 0.4x the GFLOPs and ~2.4x the CPU train speed (docs/customvit.md)
+      patch_size=8,
       dim=96,                # small on purpose: the paper reports CustomViT as far cheaper
       depth=4,               # than the FMs; width 192 / depth 6 is a heavier variant
       num_heads=3,
@@ -37,5 +39,9 @@ def get_config():
   # subset in memory (same batches, less host work) and evaluate val once, at the end; pass
   # --config.train.eval_every_epochs=5 for a validation curve.
   config.dataset.cache = True
+  # 20 epochs (recipe 'base20'): what fits the README's 10 minutes with install and dataset
+  # build on a 2-core CPU; val 0.902 vs 0.914 at 30 epochs (seed 0). The study's comparison recipe
+  # is 'base30' (--config.train.epochs=30), as for the CNN rows.
+  config.train.epochs = 20.0
   config.train.eval_every_epochs = config.train.epochs
   return config

@@ -51,10 +51,12 @@ def get_config(arg: str = ""):
   study.rows = ""                          # comma list of row names to run; "" = all
   study.flaglimits = tuple(2 ** k for k in range(8, 15))   # 256 ... 16,384 per class
   study.seeds = (0, 1, 2)
-  # Overrides applied to every cell's config (before the row's own `set`).
+  # Overrides applied to every cell's config (before the row's own `set`). One training length
+  # for every row, so that a model config's own default (configs/customvit.py trains 20
+  # epochs, sized for the README's CPU run) never makes the rows' recipes differ.
   study.set = ml_collections.ConfigDict({
       "dataset": {"name": "synthetic_cells", "data_dir": ""},
-      "train": {"progress_bar": False},
+      "train": {"progress_bar": False, "epochs": 15.0},
   })
   study.parallel = "data"                  # "data" | "cells" (see experiments/study.py)
   study.worker = ""                        # "k/n" for parallel="cells"; "" -> $CELLVIT_WORKER

@@ -11,7 +11,7 @@ from cellvit_jax.models import customvit
 from conftest import REPO
 
 # Default configs/customvit.py architecture, 4 classes (README model table).
-CUSTOMVIT_PARAMS = 371_548
+CUSTOMVIT_PARAMS = 447_484
 
 
 def _params(model):
@@ -95,8 +95,8 @@ def test_conv_tokenizers_reach_the_patch_grid(tokenizer, patch_size, grid):
 
 @pytest.mark.parametrize("full_res,stem_convs", [(True, 3), (False, 2)])
 def test_convstem_full_resolution_stage_is_a_switch(full_res, stem_convs):
-  model = models.build("customvit", 3, tokenizer="convstem", dim=16, depth=1, num_heads=2,
-                       stem_full_res=full_res)
+  model = models.build("customvit", 3, tokenizer="convstem", patch_size=4, dim=16, depth=1,
+                       num_heads=2, stem_full_res=full_res)
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
   params = variables["params"]

@@ -109,7 +109,7 @@ class ViT(nn.Module):
     return self.head(self.norm(x)[:, 0])
 
 
-def CustomViT(num_classes: int, patch_size=4, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
+def CustomViT(num_classes: int, patch_size=8, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
               tokenizer="convstem", stem_width=0, stem_full_res=True, spt=False, lsa=False,
               pos_emb="learned", pool="cls", drop_path=0.1, dropout=0.0, stem_impl="auto"):
   del stem_impl  # how JAX computes the stem convs (same maths); torch uses its own conv2d

@@ -4,7 +4,7 @@ The paper (Kagiyama et al. 2026) names CustomViT but its design is not public; t
 our reconstruction. Every design choice is a field, so each is an ablation switch in
 `configs/customvit.py`:
 
-- tokenizer: how pixels become the token grid (p=4 -> 10x10 tokens for all of them):
+- tokenizer: how pixels become the token grid (p=8 -> 5x5 tokens, p=4 -> 10x10, for all):
   'patch' (non-overlapping p x p patches, linear), 'conv' (a 3x3 conv then an overlapping
   (p+1)x(p+1) conv of stride p), 'convstem' (Xiao et al. 2021, "Early convolutions help
   transformers see better": 3x3 conv + BatchNorm + ReLU at full resolution, then log2(p)
@@ -28,9 +28,10 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
   a learned softmax weighting of the tokens);
 - drop_path: maximum stochastic-depth rate, linearly increasing over blocks.
 
-Parameters ('params' collection, num_classes=4, default fields): customvit: 371,548
-(tokenizer='convstem'; 314,116 with tokenizer='patch', configs/customvit_plain.py). The
-design study that chose the defaults is docs/customvit.md.
+Parameters ('params' collection, num_classes=4, default fields): customvit: 447,484
+(tokenizer='convstem', patch_size=8; 371,548 with patch_size=4; the first design,
+configs/customvit_plain.py: 314,116). The design study that chose the defaults is
+docs/customvit.md.
 """
 from typing import Any
 
@@ -54,7 +55,7 @@ def shifted_patch_stack(x, shift: int):
 
 class CustomViT(interface.Model):
   num_classes: int
-  patch_size: int = 4
+  patch_size: int = 8
   dim: int = 96
   depth: int = 4
   num_heads: int = 3
