@@ -88,6 +88,9 @@ def runs():
   return outputs
 
 
+# Over a minute (three processes compile two models); tests/test_launch.py keeps two
+# jax.distributed processes in the default command.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["customvit", "resnet18"])
 def test_two_processes_match_one(name, runs):
   """Loss curve within 5e-5 and a parameter checksum within 1e-5 relative (float32

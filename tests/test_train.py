@@ -104,6 +104,8 @@ EQUIVALENCE = textwrap.dedent("""
 """)
 
 
+# About a minute (a subprocess with eight host devices compiles two models): with -m slow.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["customvit", "resnet18"])
 def test_eight_devices_match_one_device(name, equivalence_output):
   """Global-batch data parallelism on 1 vs 8 simulated devices: the parameters (BatchNorm
