@@ -170,24 +170,34 @@ def test_run_level_errors_leave_a_finished_workdir_untouched(overrides, expect, 
   assert _tree_digest(finished_workdir) == before
 
 
+# Optimiser and augmentation numbers: one-line errors naming the key and a fix, before the
+# workdir exists.
 @pytest.mark.parametrize("key,value,expect", [
-    ("lr", float("inf"), "config.optim.lr=inf must be a finite number > 0"),
-    ("lr", -1e-3, "config.optim.lr=-0.001 must be a finite number > 0"),
-    ("lr", 0.0, "config.optim.lr=0.0 must be a finite number > 0"),
-    ("weight_decay", -0.05, "config.optim.weight_decay=-0.05 must be a finite number >= 0"),
-    ("weight_decay", float("nan"), "config.optim.weight_decay=nan must be a finite number >= 0"),
-    ("label_smoothing", 1.0, "config.optim.label_smoothing=1.0 must be a finite number in [0, 1)"),
-    ("label_smoothing", -0.1,
+    ("optim.lr", float("inf"), "config.optim.lr=inf must be a finite number > 0"),
+    ("optim.lr", -1e-3, "config.optim.lr=-0.001 must be a finite number > 0"),
+    ("optim.lr", 0.0, "config.optim.lr=0.0 must be a finite number > 0"),
+    ("optim.weight_decay", -0.05, "config.optim.weight_decay=-0.05 must be a finite number >= 0"),
+    ("optim.weight_decay", float("nan"),
+     "config.optim.weight_decay=nan must be a finite number >= 0"),
+    ("optim.label_smoothing", 1.0,
+     "config.optim.label_smoothing=1.0 must be a finite number in [0, 1)"),
+    ("optim.label_smoothing", -0.1,
      "config.optim.label_smoothing=-0.1 must be a finite number in [0, 1)"),
-    ("b2", 1.0, "config.optim.b2=1.0 must be a finite number in [0, 1)"),
-    ("grad_clip", float("inf"), "config.optim.grad_clip=inf must be a finite number >= 0"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0 must be a finite number in [0, 1)"),
+    ("optim.grad_clip", float("inf"), "config.optim.grad_clip=inf must be a finite number >= 0"),
+    ("augment.hed.scale", -0.1,
+     "config.augment.hed.scale=-0.1 must be a finite number in [0, 1]"),
+    ("augment.hed.prob", 1.5, "config.augment.hed.prob=1.5 must be a finite number in [0, 1]"),
+    ("augment.color.saturation", float("nan"),
+     "config.augment.color.saturation=nan must be a finite"),
+    ("augment.mixup_alpha", -0.2,
+     "config.augment.mixup_alpha=-0.2 must be a finite number >= 0"),
 ])
-def test_bad_optimiser_values_are_refused_before_anything_is_written(key, value, expect,
-                                                                     tiny_data_dir, tmp_path):
+def test_bad_numbers_are_refused_before_anything_is_written(key, value, expect, tiny_data_dir,
+                                                            tmp_path):
   with pytest.raises(ValueError) as e:
-    train.train_and_evaluate(tiny_config(tiny_data_dir, **{f"optim.{key}": value}),
-                             str(tmp_path / "run"))
-  assert expect in str(e.value) and f"--config.optim.{key}=" in str(e.value)
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **{key: value}), str(tmp_path / "run"))
+  assert expect in str(e.value) and f"--config.{key}=" in str(e.value)
   assert not os.path.exists(tmp_path / "run")
 
 
