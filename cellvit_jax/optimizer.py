@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cellvit_jax import train_length
+from cellvit_jax import config_ranges, train_length
 
 # config.optim fields: (lowest, above it only?, highest (excluded), meaning, an example). A bad
 # value (nan, inf, a negative rate) would otherwise surface steps later as a non-finite loss.
@@ -30,18 +30,9 @@ _OPTIM_RANGES = {
 def check_optim(config):
   """Range checks of config.optim, before anything is written (one-line errors)."""
   for key, (low, strict, high, meaning, example) in _OPTIM_RANGES.items():
-    if key not in config.optim:
-      continue
-    value = config.optim[key]
-    try:
-      v = float(value)
-    except (TypeError, ValueError):
-      v = math.nan
-    if not (math.isfinite(v) and (v > low if strict else v >= low) and v < high):
-      bounds = (f"in [{low:g}, {high:g})" if math.isfinite(high) else
-                f"{'>' if strict else '>='} {low:g}")
-      raise ValueError(f"config.optim.{key}={value!r} must be a finite number {bounds} "
-                       f"({meaning}); pass e.g. --config.optim.{key}={example}")
+    if key in config.optim:
+      config_ranges.check_number(f"optim.{key}", config.optim[key], low, high, low_open=strict,
+                                 high_open=True, note=meaning, example=example)
 
 
 def scale_by_model_lr(model) -> optax.GradientTransformation:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from cellvit_jax import parallel
+from cellvit_jax import config_ranges, parallel
 from cellvit_jax.ops import augment as augment_ops
 from cellvit_jax.ops import color, dihedral, mixing, normalize
 
@@ -83,14 +83,8 @@ def check_augment(config):
     node = config.augment
     for part in key.split("."):
       node = node[part]
-    try:
-      v = float(node)
-    except (TypeError, ValueError):
-      v = math.nan
-    if not (math.isfinite(v) and 0.0 <= v <= high):
-      bounds = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
-      raise ValueError(f"config.augment.{key}={node!r} must be a finite number {bounds} "
-                       f"(0 turns it off); pass e.g. --config.augment.{key}={example}")
+    config_ranges.check_number(f"augment.{key}", node, 0.0, high, note="0 turns it off",
+                               example=example)
 
 
 def augment(images, rng, config):
