@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -187,3 +188,28 @@ def test_reported_gflops_do_not_depend_on_the_stem_impl():
     config["model"]["kwargs"]["stem_impl"] = impl
     flops[impl] = export_rows.model_gflops(config, 4)
   assert flops["conv"] == flops["matmul"] > 0
+
+
+def test_stem_blocks_add_residual_blocks_at_each_stem_resolution():
+  model = models.build("customvit", 3, patch_size=4, dim=16, depth=1, num_heads=2,
+                       stem_blocks=2, stem_impl="conv")
+  x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
+  variables = model.init({"params": jax.random.key(0)}, x)
+  params = variables["params"]
+  # Two blocks after each of the three stem convs (40x40, 20x20, 10x10), each at its width.
+  assert sorted(k for k in params if "_block" in k) == [
+      f"stem{i}_block{j}" for i in range(3) for j in range(2)]
+  assert params["stem1_block0"]["conv1"]["conv"]["kernel"].shape == (3, 3, 16, 16)
+  assert "shortcut" not in params["stem1_block0"]  # identity shortcut: same shape in and out
+  # The matmul form of the stem computes the same function with the same parameters.
+  matmul = models.build("customvit", 3, patch_size=4, dim=16, depth=1, num_heads=2,
+                        stem_blocks=2, stem_impl="matmul")
+  np.testing.assert_allclose(matmul.apply(variables, x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stem_blocks=-1), dict(stem_blocks=1, tokenizer="cct")])
+def test_bad_stem_blocks_are_refused(kwargs):
+  model = models.build("customvit", 3, dim=16, depth=1, num_heads=2, **kwargs)
+  with pytest.raises(ValueError, match="stem_blocks"):
+    model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3)))

@@ -12,6 +12,9 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
   'cct' (Hassani et al. 2021, Compact Convolutional Transformers: log2(p) stages of
   3x3 conv + ReLU + 3x3 max-pool of stride 2, no normalisation);
 - stem_width: channels of the first conv of 'convstem' / 'cct' (0 -> dim // 4);
+- stem_blocks: residual blocks (ResNet's basic block: two 3x3 conv + BN, identity shortcut)
+  after each 'convstem' conv, at that conv's resolution and width: the tokenizer becomes a
+  small ResNet, as in the hybrid ViT (Dosovitskiy et al. 2021, "R50+ViT"); 0 is the plain stem;
 - stem_full_res: 'convstem' starts with a stride-1 conv at full resolution (ours) or, False,
   with the stride-2 convs alone (Xiao et al.'s layout; cheaper on CPU);
 - stem_impl: how the 'convstem' convolutions are computed, not what they compute: 'conv'
@@ -40,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from cellvit_jax.models import interface, layers
+from cellvit_jax.models.resnet import BasicBlock
 
 
 def shifted_patch_stack(x, shift: int):
@@ -64,6 +68,7 @@ class CustomViT(interface.Model):
   spt: bool = False
   lsa: bool = False
   stem_width: int = 0
+  stem_blocks: int = 0
   stem_full_res: bool = True
   stem_impl: str = "auto"
   pos_emb: str = "learned"
@@ -146,6 +151,9 @@ class CustomViT(interface.Model):
     if p != 1 << stages:
       raise ValueError(f"tokenizer={self.tokenizer!r} needs a power-of-two patch_size, got {p}")
     width = self.stem_width or max(self.dim // 4, 8)
+    if self.stem_blocks < 0 or (self.stem_blocks and self.tokenizer != "convstem"):
+      raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer='convstem' and a "
+                       "count >= 0; use stem_blocks=0 with other tokenizers")
     if self.tokenizer == "convstem":
       # Xiao et al.: stride-2 3x3 convs with BN + ReLU, then a 1x1 conv to the width. Ours adds
       # one stride-1 conv first so the thin membrane signal is seen at full resolution.
@@ -154,6 +162,9 @@ class CustomViT(interface.Model):
         x = layers.ConvBN(width, 3, stride=stride, impl=self.stem_impl, dtype=self.dtype,
                           name=f"stem{i}")(x, train)
         x = nn.relu(x)
+        for j in range(self.stem_blocks):
+          x = BasicBlock(x.shape[-1], impl=self.stem_impl, dtype=self.dtype,
+                         name=f"stem{i}_block{j}")(x, train)
         width = min(width * 2, self.dim) if i < len(strides) - 1 else width
       return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embed")(x)
     # CCT: conv (no bias) + ReLU + overlapping max-pool per stage; the last stage emits dim.

@@ -38,12 +38,13 @@ class BasicBlock(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
+  impl: str = "conv"  # layers.ConvBN's: how the convs are computed (CustomViT's stem sets it)
   dtype: Any = jnp.float32
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    cb = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
+    cb = dict(bn_momentum=self.bn_momentum, impl=self.impl, dtype=self.dtype)
     y = nn.relu(layers.ConvBN(self.features, 3, self.stride, name="conv1", **cb)(x, train))
     y = layers.ConvBN(self.features, 3, zero_scale=self.zero_init_residual, name="conv2",
                       **cb)(y, train)
