@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from benchmarks.torch_ref.resnet import ConvBN, _convbn
+from benchmarks.torch_ref.resnet import BasicBlock, ConvBN, _convbn
 
 _EPS = 1e-6
 
@@ -66,13 +66,14 @@ class ViT(nn.Module):
 
   def __init__(self, num_classes: int, patch_size: int, dim: int, depth: int, num_heads: int,
                mlp_ratio: float, drop_path: float, pos_before_cls: bool, image_size: int = 40,
-               stem_width: int = 0, stem_full_res: bool = True):
+               stem_width: int = 0, stem_full_res: bool = True, stem_blocks: int = 0):
     super().__init__()
     tokens = (image_size // patch_size) ** 2
     self.pos_before_cls = pos_before_cls
     # stem_width > 0: CustomViT's 'convstem' (3x3 conv + BN + ReLU at full resolution, then
     # log2(patch) stride-2 stages doubling the width up to dim, then a 1x1 projection;
-    # stem_full_res=False drops the stride-1 conv, as the Flax switch does).
+    # stem_full_res=False drops the stride-1 conv, as the Flax switch does; stem_blocks basic
+    # blocks follow each conv). The stem is a flat list: ConvBN + ReLU, or a whole block.
     self.stem = nn.ModuleList()
     if stem_width:
       cin, width = 3, stem_width
@@ -80,6 +81,7 @@ class ViT(nn.Module):
       strides = ([1] if stem_full_res else []) + [2] * stages
       for i, stride in enumerate(strides):
         self.stem.append(ConvBN(cin, width, 3, stride=stride))
+        self.stem.extend(BasicBlock(width, width, 1) for _ in range(stem_blocks))
         cin = width
         width = min(width * 2, dim) if i < len(strides) - 1 else width
       self.embed = nn.Conv2d(cin, dim, 1)
@@ -96,8 +98,8 @@ class ViT(nn.Module):
     nn.init.zeros_(self.head.bias)
 
   def forward(self, x):
-    for conv in self.stem:
-      x = F.relu(conv(x))
+    for layer in self.stem:
+      x = layer(x) if isinstance(layer, BasicBlock) else F.relu(layer(x))
     x = self.embed(x).flatten(2).transpose(1, 2)  # (B, H*W, D), row-major tokens as in Flax
     cls = self.cls.expand(x.shape[0], -1, -1)
     if self.pos_before_cls:
@@ -110,7 +112,8 @@ class ViT(nn.Module):
 
 
 def CustomViT(num_classes: int, patch_size=8, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
-              tokenizer="convstem", stem_width=0, stem_full_res=True, spt=False, lsa=False,
+              tokenizer="convstem", stem_width=0, stem_full_res=True, stem_blocks=0, spt=False,
+              lsa=False,
               pos_emb="learned", pool="cls", drop_path=0.1, dropout=0.0, stem_impl="auto"):
   del stem_impl  # how JAX computes the stem convs (same maths); torch uses its own conv2d
   if (tokenizer not in ("patch", "convstem")
@@ -119,7 +122,8 @@ def CustomViT(num_classes: int, patch_size=8, dim=96, depth=4, num_heads=3, mlp_
                      "learned positions and pool 'cls', no SPT/LSA/dropout")
   stem = (stem_width or max(dim // 4, 8)) if tokenizer == "convstem" else 0
   return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path,
-             pos_before_cls=True, stem_width=stem, stem_full_res=stem_full_res)
+             pos_before_cls=True, stem_width=stem, stem_full_res=stem_full_res,
+             stem_blocks=stem_blocks)
 
 
 def ViTSmall(num_classes: int, patch_size=4, dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
@@ -146,8 +150,13 @@ def _norm(layer: nn.LayerNorm, p):
 
 def load_flax(model: ViT, variables):
   p = variables["params"]
-  for i, conv in enumerate(model.stem):
-    _convbn(conv, p[f"stem{i}"], variables["batch_stats"][f"stem{i}"])
+  s = variables.get("batch_stats", {})
+  names = [k for k in p if k.startswith("stem")]  # stem0, stem0_block0, ..., stem1, ...
+  names.sort(key=lambda k: tuple(int(n) for n in k[4:].replace("_block", " ").split()))
+  for name, layer in zip(names, model.stem):
+    for conv, sub in ([("conv1", layer.conv1), ("conv2", layer.conv2)]
+                      if isinstance(layer, BasicBlock) else [(None, layer)]):
+      _convbn(sub, p[name][conv] if conv else p[name], s[name][conv] if conv else s[name])
   model.embed.weight.data.copy_(_t(p["embed"]["kernel"]).permute(3, 2, 0, 1))
   model.embed.bias.data.copy_(_t(p["embed"]["bias"]))
   model.pos_embedding.data.copy_(_t(p["pos_embedding"]))

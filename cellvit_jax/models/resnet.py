@@ -38,8 +38,8 @@ class BasicBlock(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
-  impl: str = "conv"  # layers.ConvBN's: how the convs are computed (CustomViT's stem sets it)
   dtype: Any = jnp.float32
+  impl: str = "conv"  # layers.ConvBN's: how the convs are computed (CustomViT's stem sets it)
   expansion = 1
 
   @nn.compact
