@@ -119,6 +119,17 @@ class ConvBN(nn.Module):
                         dtype=self.dtype, name="bn")(x)
 
 
+def token_dense(layer: nn.Dense, x):
+  """`layer` on the last axis of x, applied to x flattened to 2-D (same parameters, same maths).
+
+  Why: on XLA:CPU the gradient of a Dense on a 3-D (B, N, D) input materialises a transposed
+  copy of the (B*N, F) output gradient before the weight-gradient dot (the largest elementwise
+  ops of the CustomViT step on the Intel/AMX host's profile); on the 2-D input it does not.
+  benchmarks/FINDINGS.md, "Dense layers on 2-D tokens".
+  """
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.features)
+
+
 class Mlp(nn.Module):
   """Two dense layers with GELU, as in ViT."""
   hidden_dim: int
@@ -129,10 +140,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     out_dim = self.out_dim or x.shape[-1]
-    x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x)
+    x = token_dense(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1"), x)
     x = nn.gelu(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(out_dim, dtype=self.dtype, name="fc2")(x)
+    x = token_dense(nn.Dense(out_dim, dtype=self.dtype, name="fc2"), x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
@@ -159,7 +170,7 @@ class SelfAttention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
     head_dim = d // self.num_heads
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
+    qkv = token_dense(nn.Dense(3 * d, dtype=self.dtype, name="qkv"), x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.locality:
@@ -175,7 +186,7 @@ class SelfAttention(nn.Module):
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
     out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
-    return nn.Dense(d, dtype=self.dtype, name="proj")(out)
+    return token_dense(nn.Dense(d, dtype=self.dtype, name="proj"), out)
 
 
 class EncoderBlock(nn.Module):
