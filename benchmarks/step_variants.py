@@ -157,7 +157,8 @@ def main(argv):
   base = np.array(times.get("library", next(iter(times.values()))))
   for v, t in times.items():
     t = np.array(t)
-    print(f"customvit{'_plain' if args.plain else ''} {args.dtype} {v:13s} step median {np.median(t) * 1e3:7.0f} ms  min "
+    name = "customvit_plain" if args.plain else "customvit"
+    print(f"{name} {args.dtype} {v:13s} step median {np.median(t) * 1e3:7.0f} ms  min "
           f"{t.min() * 1e3:7.0f} ms  library/variant = {np.median(base / t):.2f}")
   print(f"load after (uptime): {os.popen('uptime').read().strip()}")
 
