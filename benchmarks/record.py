@@ -45,6 +45,13 @@ BENCHMARKS = (  # (name, command, why)
     ("step_variants", f"{PY} -m benchmarks.step_variants --repeats=4",
      "Candidate CustomViT step speed-ups (attention layouts, DropPath, flat optimiser) "
      "vs the library."),
+    ("dense_layout", f"{PY} -m benchmarks.dense_layout",
+     "Minimal reproduction: vjp of a Dense on 3-D tokens vs on their 2-D view (the transposed "
+     "output-gradient copy XLA:CPU makes for the 3-D form), first design's qkv shape."),
+    ("step_variants_dense", f"{PY} -m benchmarks.step_variants --variants=library,dense_3d "
+     "--repeats=8 --plain",
+     "The whole train step of the first design with the Dense layers on 2-D tokens (library) "
+     "vs on 3-D tokens (the form before layers.token_dense)."),
     ("matmul_shapes", f"{PY} -m benchmarks.matmul_shapes --repeats=3",
      "GFLOP/s of the CustomViT step's matmul shapes, jnp vs torch, fp32 and bf16."),
     ("cost", f"{PY} -m cellvit_jax.experiments.cost --min_seconds=1 --configs=" + ",".join(

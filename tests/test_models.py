@@ -199,3 +199,21 @@ def test_window_partition_roundtrip_and_mask():
   assert mask.shape == (4, 25, 25)
   assert np.all(mask[0] == 0)  # the top-left window holds one region only
   assert np.all(np.diagonal(mask, axis1=1, axis2=2) == 0)  # a token always sees itself
+
+
+def test_token_dense_is_the_dense_layer_on_a_flat_view():
+  """Same parameters and outputs as nn.Dense on the 3-D tokens, and the same gradients."""
+  x = jax.random.normal(jax.random.key(0), (3, 7, 8))
+  layer = nn.Dense(5)
+  variables = layer.init(jax.random.key(1), x)
+
+  def loss(fn, v, x):
+    return jnp.sum(jnp.sin(fn(v, x)))
+
+  plain = lambda v, x: layer.apply(v, x)  # noqa: E731
+  flat = lambda v, x: layer.apply(v, x, method=lambda m, x: layers.token_dense(m, x))  # noqa: E731
+  np.testing.assert_allclose(flat(variables, x), plain(variables, x), rtol=1e-5, atol=1e-6)
+  assert flat(variables, x).shape == (3, 7, 5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(flat, variables, x)),
+                  jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(plain, variables, x))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
