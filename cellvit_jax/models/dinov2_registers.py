@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cellvit_jax.models import layers
+
 
 class Output(NamedTuple):
   last_hidden_state: jax.Array
@@ -87,7 +89,7 @@ class _SelfAttention(nn.Module):
     heads, d = c.num_attention_heads, c.hidden_size
     dense = lambda name: nn.Dense(d, use_bias=c.qkv_bias, dtype=self.dtype, name=name)
     split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d // heads)
-    q, k, v = (split(dense(n)(x)) for n in ("query", "key", "value"))
+    q, k, v = (split(layers.token_dense(dense(n), x)) for n in ("query", "key", "value"))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // heads)
     # Softmax in float32 so bf16 compute keeps normalised attention weights.
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
@@ -101,7 +103,7 @@ class _SelfOutput(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.config.hidden_size, dtype=self.dtype, name="dense")(x)
+    return layers.token_dense(nn.Dense(self.config.hidden_size, dtype=self.dtype, name="dense"), x)
 
 
 class _Attention(nn.Module):
@@ -133,13 +135,16 @@ class _MLP(nn.Module):
     c = self.config
     width = mlp_width(c)
     if c.use_swiglu_ffn:  # transformers' Dinov2SwiGLUFFN: silu(first half) * second half
-      x1, x2 = jnp.split(nn.Dense(2 * width, dtype=self.dtype, name="weights_in")(x), 2, -1)
-      return nn.Dense(c.hidden_size, dtype=self.dtype, name="weights_out")(nn.silu(x1) * x2)
+      dense_in = nn.Dense(2 * width, dtype=self.dtype, name="weights_in")
+      x1, x2 = jnp.split(layers.token_dense(dense_in, x), 2, -1)
+      return layers.token_dense(nn.Dense(c.hidden_size, dtype=self.dtype, name="weights_out"),
+                                nn.silu(x1) * x2)
     if c.hidden_act != "gelu":
       raise ValueError(f"hidden_act={c.hidden_act!r} in the checkpoint's config.json; the "
                        "register-token model runs 'gelu' (exact) or use_swiglu_ffn")
-    x = nn.gelu(nn.Dense(width, dtype=self.dtype, name="fc1")(x), approximate=False)
-    return nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(x)
+    x = nn.gelu(layers.token_dense(nn.Dense(width, dtype=self.dtype, name="fc1"), x),
+                approximate=False)
+    return layers.token_dense(nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2"), x)
 
 
 class _Layer(nn.Module):

@@ -85,7 +85,8 @@ class PatchMerging(nn.Module):
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                         axis=-1)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
-    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction")(x)
+    return layers.token_dense(nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction"),
+                              x)
 
 
 class Swin(interface.Model):
