@@ -213,3 +213,19 @@ def test_bad_stem_blocks_are_refused(kwargs):
   model = models.build("customvit", 3, dim=16, depth=1, num_heads=2, **kwargs)
   with pytest.raises(ValueError, match="stem_blocks"):
     model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3)))
+
+
+def test_hybrid_config_is_the_default_with_stem_blocks_and_the_comparison_length():
+  base = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  hybrid = config_file.load(os.path.join(REPO, "configs", "customvit_hybrid.py")).to_dict()
+  assert hybrid["model"]["kwargs"].pop("stem_blocks") == 1
+  assert base["model"]["kwargs"].pop("stem_blocks") == 0
+  assert hybrid["train"].pop("epochs") == 30.0 and hybrid["train"].pop("eval_every_epochs") == 30
+  for config in (base, hybrid):
+    config["train"].pop("epochs", None), config["train"].pop("eval_every_epochs", None)
+  assert hybrid == base
+  model = models.build("customvit", 4, **config_file.load(
+      os.path.join(REPO, "configs", "customvit_hybrid.py")).model.kwargs)
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+  assert sum(a.size for a in jax.tree.leaves(variables["params"])) == 832_156  # docs: 0.83 M
