@@ -25,6 +25,11 @@ BENCHMARKS = (  # (name, command, why)
      f"{PY} -m benchmarks.train_step --model=customvit --repeats=5 --steps=2",
      "Train step, CustomViT (default config), JAX fp32/bf16 vs PyTorch eager fp32/bf16-autocast "
      "and torch.compile fp32, batch 256."),
+    ("train_customvit_eager",
+     f"{PY} -m benchmarks.train_step --model=customvit --dtype=float32 --no-compile "
+     "--repeats=5 --steps=2",
+     "The same fp32 comparison without torch.compile (whose compile takes ~8 minutes on this "
+     "CPU): a few minutes, for a rerun after a change to the step."),
     ("train_resnet18",
      f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes "
