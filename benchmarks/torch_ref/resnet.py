@@ -101,13 +101,18 @@ def _convbn(m: ConvBN, p, s):
   m.bn.running_var.copy_(_t(s["bn"]["var"]))
 
 
+def load_block(block, p, s):
+  """A basic or bottleneck block from its Flax params / batch_stats subtrees."""
+  for conv in ("conv1", "conv2", "conv3", "shortcut"):
+    if getattr(block, conv, None) is not None:
+      _convbn(getattr(block, conv), p[conv], s[conv])
+
+
 def load_flax(model: ResNet, variables):
   p, s = variables["params"], variables["batch_stats"]
   _convbn(model.stem, p["stem"], s["stem"])
   names = [f"stage{i + 1}_block{j + 1}" for i, n in enumerate(model.stage_sizes) for j in range(n)]
   for name, block in zip(names, model.blocks):
-    for conv in ("conv1", "conv2", "conv3", "shortcut"):
-      if getattr(block, conv, None) is not None:
-        _convbn(getattr(block, conv), p[name][conv], s[name][conv])
+    load_block(block, p[name], s[name])
   model.head.weight.data.copy_(_t(p["head"]["kernel"]).T)
   model.head.bias.data.copy_(_t(p["head"]["bias"]))

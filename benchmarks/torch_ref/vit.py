@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from benchmarks.torch_ref.resnet import BasicBlock, ConvBN, _convbn
+from benchmarks.torch_ref.resnet import BasicBlock, ConvBN, _convbn, load_block
 
 _EPS = 1e-6
 
@@ -151,12 +151,14 @@ def _norm(layer: nn.LayerNorm, p):
 def load_flax(model: ViT, variables):
   p = variables["params"]
   s = variables.get("batch_stats", {})
-  names = [k for k in p if k.startswith("stem")]  # stem0, stem0_block0, ..., stem1, ...
-  names.sort(key=lambda k: tuple(int(n) for n in k[4:].replace("_block", " ").split()))
-  for name, layer in zip(names, model.stem):
-    for conv, sub in ([("conv1", layer.conv1), ("conv2", layer.conv2)]
-                      if isinstance(layer, BasicBlock) else [(None, layer)]):
-      _convbn(sub, p[name][conv] if conv else p[name], s[name][conv] if conv else s[name])
+  i = j = -1  # the stem in build order: stem0, stem0_block0, ..., stem1, stem1_block0, ...
+  for layer in model.stem:
+    if isinstance(layer, BasicBlock):
+      j += 1
+      load_block(layer, p[f"stem{i}_block{j}"], s[f"stem{i}_block{j}"])
+    else:
+      i, j = i + 1, -1
+      _convbn(layer, p[f"stem{i}"], s[f"stem{i}"])
   model.embed.weight.data.copy_(_t(p["embed"]["kernel"]).permute(3, 2, 0, 1))
   model.embed.bias.data.copy_(_t(p["embed"]["bias"]))
   model.pos_embedding.data.copy_(_t(p["pos_embedding"]))
