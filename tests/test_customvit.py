@@ -208,7 +208,8 @@ def test_stem_blocks_add_residual_blocks_at_each_stem_resolution():
                              rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(stem_blocks=-1), dict(stem_blocks=1, tokenizer="cct")])
+@pytest.mark.parametrize("kwargs", [dict(stem_blocks=-1), dict(stem_blocks=1, tokenizer="cct"),
+                                    dict(stem_blocks=1, tokenizer="patch")])
 def test_bad_stem_blocks_are_refused(kwargs):
   model = models.build("customvit", 3, dim=16, depth=1, num_heads=2, **kwargs)
   with pytest.raises(ValueError, match="stem_blocks"):

@@ -85,6 +85,9 @@ class CustomViT(interface.Model):
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; "
                        f"pick a divisor of {h}")
+    if self.stem_blocks < 0 or (self.stem_blocks and self.tokenizer != "convstem"):
+      raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer='convstem' and a "
+                       "count >= 0; use stem_blocks=0 with other tokenizers")
     if self.spt:
       x = shifted_patch_stack(x, max(p // 2, 1))
     if self.tokenizer == "patch":
@@ -151,9 +154,6 @@ class CustomViT(interface.Model):
     if p != 1 << stages:
       raise ValueError(f"tokenizer={self.tokenizer!r} needs a power-of-two patch_size, got {p}")
     width = self.stem_width or max(self.dim // 4, 8)
-    if self.stem_blocks < 0 or (self.stem_blocks and self.tokenizer != "convstem"):
-      raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer='convstem' and a "
-                       "count >= 0; use stem_blocks=0 with other tokenizers")
     if self.tokenizer == "convstem":
       # Xiao et al.: stride-2 3x3 convs with BN + ReLU, then a 1x1 conv to the width. Ours adds
       # one stride-1 conv first so the thin membrane signal is seen at full resolution.
