@@ -28,7 +28,8 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0}
 
 # The same for one model's config.model.kwargs (a switch added to its architecture later).
-ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True, "stem_blocks": 0}}
+ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True, "stem_blocks": 0,
+                                    "stem_blocks_from": 0}}
 
 
 def upgrade(stored: dict) -> dict:

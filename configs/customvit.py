@@ -29,6 +29,7 @@ def get_config():
       tokenizer="convstem",  # 'patch' | 'conv' | 'convstem' | 'cct'
       stem_width=0,          # first stem conv's channels; 0 -> dim // 4
       stem_blocks=0,         # convstem: residual blocks after each stem conv (hybrid ViT)
+      stem_blocks_from=0,    # convstem: first stem conv with blocks (0: all; 2: 10x10 and 5x5)
       stem_full_res=True,    # convstem: a stride-1 conv at 40x40 first (False: Xiao et al.)
       stem_impl="auto",      # stem convs as patch matmuls on CPU (faster there), XLA conv elsewhere
       spt=False,             # shifted patch tokenization (Lee et al. 2021)

@@ -208,8 +208,21 @@ def test_stem_blocks_add_residual_blocks_at_each_stem_resolution():
                              rtol=1e-4, atol=1e-5)
 
 
+def test_stem_blocks_from_skips_the_early_stem_convs():
+  model = models.build("customvit", 3, patch_size=8, dim=16, depth=1, num_heads=2,
+                       stem_blocks=1, stem_blocks_from=2)
+  params = jax.eval_shape(model.init, {"params": jax.random.key(0)},
+                          jnp.zeros((1, 40, 40, 3)))["params"]
+  # Stem convs at 40, 20, 10 and 5 px: blocks after the last two only, at their width (16).
+  assert sorted(k for k in params if "_block" in k) == ["stem2_block0", "stem3_block0"]
+  assert params["stem2_block0"]["conv1"]["conv"]["kernel"].shape == (3, 3, 16, 16)
+
+
 @pytest.mark.parametrize("kwargs", [dict(stem_blocks=-1), dict(stem_blocks=1, tokenizer="cct"),
-                                    dict(stem_blocks=1, tokenizer="patch")])
+                                    dict(stem_blocks=1, tokenizer="patch"),
+                                    dict(stem_blocks_from=1),
+                                    dict(stem_blocks=1, stem_blocks_from=-1),
+                                    dict(stem_blocks=1, stem_blocks_from=4)])
 def test_bad_stem_blocks_are_refused(kwargs):
   model = models.build("customvit", 3, dim=16, depth=1, num_heads=2, **kwargs)
   with pytest.raises(ValueError, match="stem_blocks"):

@@ -45,6 +45,8 @@ def test_builds_from_the_shipped_config(name):
     ("customvit", dict(dim=32, depth=2, num_heads=2, tokenizer="patch")),
     ("customvit", dict(dim=32, depth=2, num_heads=2, stem_full_res=False)),
     ("customvit", dict(dim=32, depth=2, num_heads=2, patch_size=4, stem_blocks=2)),
+    ("customvit", dict(dim=32, depth=1, num_heads=2, patch_size=8, stem_blocks=1,
+                       stem_blocks_from=2)),
     ("vit_small", dict(dim=32, depth=2, num_heads=2)),
     ("resnet18", dict(width=8)),
 ])

@@ -66,14 +66,16 @@ class ViT(nn.Module):
 
   def __init__(self, num_classes: int, patch_size: int, dim: int, depth: int, num_heads: int,
                mlp_ratio: float, drop_path: float, pos_before_cls: bool, image_size: int = 40,
-               stem_width: int = 0, stem_full_res: bool = True, stem_blocks: int = 0):
+               stem_width: int = 0, stem_full_res: bool = True, stem_blocks: int = 0,
+               stem_blocks_from: int = 0):
     super().__init__()
     tokens = (image_size // patch_size) ** 2
     self.pos_before_cls = pos_before_cls
     # stem_width > 0: CustomViT's 'convstem' (3x3 conv + BN + ReLU at full resolution, then
     # log2(patch) stride-2 stages doubling the width up to dim, then a 1x1 projection;
     # stem_full_res=False drops the stride-1 conv, as the Flax switch does; stem_blocks basic
-    # blocks follow each conv). The stem is a flat list: ConvBN + ReLU, or a whole block.
+    # blocks follow each conv from index stem_blocks_from on). The stem is a flat list:
+    # ConvBN + ReLU, or a whole block.
     self.stem = nn.ModuleList()
     if stem_width:
       cin, width = 3, stem_width
@@ -81,7 +83,8 @@ class ViT(nn.Module):
       strides = ([1] if stem_full_res else []) + [2] * stages
       for i, stride in enumerate(strides):
         self.stem.append(ConvBN(cin, width, 3, stride=stride))
-        self.stem.extend(BasicBlock(width, width, 1) for _ in range(stem_blocks))
+        if i >= stem_blocks_from:
+          self.stem.extend(BasicBlock(width, width, 1) for _ in range(stem_blocks))
         cin = width
         width = min(width * 2, dim) if i < len(strides) - 1 else width
       self.embed = nn.Conv2d(cin, dim, 1)
@@ -112,8 +115,8 @@ class ViT(nn.Module):
 
 
 def CustomViT(num_classes: int, patch_size=8, dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
-              tokenizer="convstem", stem_width=0, stem_full_res=True, stem_blocks=0, spt=False,
-              lsa=False,
+              tokenizer="convstem", stem_width=0, stem_full_res=True, stem_blocks=0,
+              stem_blocks_from=0, spt=False, lsa=False,
               pos_emb="learned", pool="cls", drop_path=0.1, dropout=0.0, stem_impl="auto"):
   del stem_impl  # how JAX computes the stem convs (same maths); torch uses its own conv2d
   if (tokenizer not in ("patch", "convstem")
@@ -123,7 +126,7 @@ def CustomViT(num_classes: int, patch_size=8, dim=96, depth=4, num_heads=3, mlp_
   stem = (stem_width or max(dim // 4, 8)) if tokenizer == "convstem" else 0
   return ViT(num_classes, patch_size, dim, depth, num_heads, mlp_ratio, drop_path,
              pos_before_cls=True, stem_width=stem, stem_full_res=stem_full_res,
-             stem_blocks=stem_blocks)
+             stem_blocks=stem_blocks, stem_blocks_from=stem_blocks_from)
 
 
 def ViTSmall(num_classes: int, patch_size=4, dim=384, depth=12, num_heads=6, mlp_ratio=4.0,

@@ -15,6 +15,9 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
 - stem_blocks: residual blocks (ResNet's basic block: two 3x3 conv + BN, identity shortcut)
   after each 'convstem' conv, at that conv's resolution and width: the tokenizer becomes a
   small ResNet, as in the hybrid ViT (Dosovitskiy et al. 2021, "R50+ViT"); 0 is the plain stem;
+- stem_blocks_from: index of the first stem conv that gets the blocks (0: every conv; with
+  stem_full_res at patch 8 the convs run at 40, 20, 10 and 5 px, so 2 puts blocks at the
+  10x10 and 5x5 stages only: the same FLOPs per block, far fewer bytes moved per FLOP on CPU);
 - stem_full_res: 'convstem' starts with a stride-1 conv at full resolution (ours) or, False,
   with the stride-2 convs alone (Xiao et al.'s layout; cheaper on CPU);
 - stem_impl: how the 'convstem' convolutions are computed, not what they compute: 'conv'
@@ -69,6 +72,7 @@ class CustomViT(interface.Model):
   lsa: bool = False
   stem_width: int = 0
   stem_blocks: int = 0
+  stem_blocks_from: int = 0
   stem_full_res: bool = True
   stem_impl: str = "auto"
   pos_emb: str = "learned"
@@ -88,6 +92,9 @@ class CustomViT(interface.Model):
     if self.stem_blocks < 0 or (self.stem_blocks and self.tokenizer != "convstem"):
       raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer='convstem' and a "
                        "count >= 0; use stem_blocks=0 with other tokenizers")
+    if self.stem_blocks_from and (self.stem_blocks_from < 0 or not self.stem_blocks):
+      raise ValueError(f"stem_blocks_from={self.stem_blocks_from} needs stem_blocks >= 1 and "
+                       "a stem conv index >= 0; leave it 0 without stem blocks")
     if self.spt:
       x = shifted_patch_stack(x, max(p // 2, 1))
     if self.tokenizer == "patch":
@@ -158,11 +165,15 @@ class CustomViT(interface.Model):
       # Xiao et al.: stride-2 3x3 convs with BN + ReLU, then a 1x1 conv to the width. Ours adds
       # one stride-1 conv first so the thin membrane signal is seen at full resolution.
       strides = ([1] if self.stem_full_res else []) + [2] * stages
+      if self.stem_blocks_from >= len(strides):
+        raise ValueError(f"stem_blocks_from={self.stem_blocks_from}: this stem has "
+                         f"{len(strides)} convs (patch_size={p}, stem_full_res="
+                         f"{self.stem_full_res}); pick 0 to {len(strides) - 1}")
       for i, stride in enumerate(strides):
         x = layers.ConvBN(width, 3, stride=stride, impl=self.stem_impl, dtype=self.dtype,
                           name=f"stem{i}")(x, train)
         x = nn.relu(x)
-        for j in range(self.stem_blocks):
+        for j in range(self.stem_blocks if i >= self.stem_blocks_from else 0):
           x = BasicBlock(x.shape[-1], impl=self.stem_impl, dtype=self.dtype,
                          name=f"stem{i}_block{j}")(x, train)
         width = min(width * 2, self.dim) if i < len(strides) - 1 else width
