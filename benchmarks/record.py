@@ -30,6 +30,10 @@ BENCHMARKS = (  # (name, command, why)
      "--repeats=5 --steps=2",
      "The same fp32 comparison without torch.compile (whose compile takes ~8 minutes on this "
      "CPU): a few minutes, for a rerun after a change to the step."),
+    ("train_customvit_fp32",
+     f"{PY} -m benchmarks.train_step --model=customvit --dtype=float32 --repeats=3 --steps=2",
+     "JAX fp32 vs PyTorch eager and torch.compile fp32 (the strongest PyTorch path a user "
+     "would pick), CustomViT default config, batch 256; the compile takes ~8 minutes here."),
     ("train_resnet18",
      f"{PY} -m benchmarks.train_step --model=resnet18 --batch=32 --repeats=3 --steps=1",
      "Train step, ResNet-18 (40x40 stem), same comparison, at batch 32: a batch-256 step takes "
@@ -42,6 +46,9 @@ BENCHMARKS = (  # (name, command, why)
      "End-to-end training images/s, new loop (training subset on the device, k steps per "
      "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "
      "(default configs) and a small CustomViT where the host loop shows, interleaved."),
+    ("train_loop_resnet18", f"{PY} -m benchmarks.train_loop --cases=resnet18",
+     "The train_loop comparison for ResNet-18 alone (default config, batch 128; ~90 s a "
+     "step on one core here): host stream k = 1 vs resident k = 1 and k = 2 (unrolled)."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16",
