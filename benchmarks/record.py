@@ -12,6 +12,7 @@ benchmarks/FINDINGS.md, written by hand from a recording; this file only records
 import datetime
 import os
 import platform
+import signal
 import subprocess
 import time
 
@@ -132,13 +133,17 @@ def main(argv):
       continue
     print(f"== {name}: {cmd}", flush=True)
     t0 = time.time()
+    # Its own process group, so a timeout stops the benchmark and every process it started
+    # (killing the shell alone left them running, loading the machine for the next entry).
+    proc = subprocess.Popen(cmd, shell=True, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-      proc = subprocess.run(cmd, shell=True, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
-      out, rc = proc.stdout, proc.returncode
-    except subprocess.TimeoutExpired as e:
-      out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-      rc = "timeout"
+      out, _ = proc.communicate(timeout=args.timeout)
+      rc = proc.returncode
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      out, _ = proc.communicate()
+      rc = f"timeout after {args.timeout} s (raise --timeout)"
     wall = time.time() - t0
     print(out, flush=True)
     parts.append(f"## {name}\n\n{why}\n\n```\n$ {cmd}\n{out.rstrip()}\n```\n"
