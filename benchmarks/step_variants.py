@@ -40,7 +40,7 @@ flags.DEFINE_string("variants",
                     "Comma list of variants to time.")
 flags.DEFINE_bool("plain", False, "Time the first design (linear 4x4 patches) instead of the "
                   "default CustomViT.")
-PLAIN = {"tokenizer": "patch", "patch_size": 4, "stem_blocks": 0}
+PLAIN = {"tokenizer": "patch", "patch_size": 4}
 
 
 def _dense(self, features, name, x, flat=True):
