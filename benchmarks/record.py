@@ -48,8 +48,9 @@ BENCHMARKS = (  # (name, command, why)
      "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "
      "(default configs) and a small CustomViT where the host loop shows, interleaved."),
     ("train_loop_resnet18", f"{PY} -m benchmarks.train_loop --cases=resnet18",
-     "The train_loop comparison for ResNet-18 alone (default config, batch 128; ~90 s a "
-     "step on one core here): host stream k = 1 vs resident k = 1 and k = 2 (unrolled)."),
+     "The train_loop comparison for ResNet-18 alone (default config, batch 128; 1.5-3 min a "
+     "step on one core of our 2-core hosts): host stream k = 1 vs resident k = 1 and k = 2 "
+     "(unrolled); run it with --timeout=3600."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16",

@@ -62,3 +62,39 @@ def test_the_docs_show_the_commands_that_work():
     assert not re.search(r"python3? benchmarks/", text), doc
     for name in re.findall(r"python -m benchmarks\.(\w+)", text):
       assert name in MODULES or name == "record", (doc, name)
+
+
+
+# A benchmark (argv[2]) that starts a child and outlives record's timeout.
+RECORD_TIMEOUT = textwrap.dedent("""
+    import sys
+    from absl import flags
+    from benchmarks import record
+    record.BENCHMARKS = (("stuck", sys.executable + " " + sys.argv[2], "why"),)
+    record.define_flags()
+    flags.FLAGS([sys.argv[0], "--output=" + sys.argv[1], "--timeout=3"])
+    record.main([])
+""")
+STUCK = textwrap.dedent("""
+    import subprocess, time
+    child = subprocess.Popen(["sleep", "60"])
+    print("CHILD", child.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_record_stops_a_timed_out_benchmark_with_the_processes_it_started(tmp_path):
+  output, stuck = tmp_path / "RESULTS.md", tmp_path / "stuck.py"
+  stuck.write_text(STUCK)
+  proc = subprocess.run([sys.executable, "-c", RECORD_TIMEOUT, str(output), str(stuck)],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = output.read_text()
+  assert "exit status timeout after 3 s" in text
+  child = int(re.search(r"CHILD (\d+)", text).group(1))
+  # Killed with its group (a zombie for a moment at most: its parent died with it).
+  state = ""
+  if os.path.exists(f"/proc/{child}/stat"):
+    with open(f"/proc/{child}/stat") as f:
+      state = f.read().split(")")[-1].split()[0]
+  assert state in ("", "Z"), state
