@@ -64,7 +64,6 @@ def test_the_docs_show_the_commands_that_work():
       assert name in MODULES or name == "record", (doc, name)
 
 
-
 # A benchmark (argv[2]) that starts a child and outlives record's timeout.
 RECORD_TIMEOUT = textwrap.dedent("""
     import sys
