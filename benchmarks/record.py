@@ -41,8 +41,11 @@ BENCHMARKS = (  # (name, command, why)
      "tens of seconds on this shared 2-core CPU, too long for interleaved repeats here; rerun "
      "with --batch=256 on a faster device."),
     ("stem_impl", f"{PY} -m benchmarks.stem_impl",
-     "CustomViT train step with the conv stem as XLA convolutions vs as patch matmuls "
+     "CustomViT train step with the conv stem as XLA convolutions vs patch matmuls vs mixed "
      "(stem_impl), patch sizes 4 and 8, batch 128, interleaved; CPU time and wall time."),
+    ("stem_convs", f"{PY} -m benchmarks.stem_convs",
+     "The stem's four 3x3 convolutions alone (batch 256): forward, input and weight gradient "
+     "in each conv form vs PyTorch's conv2d; the minimal reproduction behind stem_impl."),
     ("train_loop", f"{PY} -m benchmarks.train_loop",
      "End-to-end training images/s, new loop (training subset on the device, k steps per "
      "jitted call) vs the host-stream loop with one step per call, CustomViT and ResNet-18 "

@@ -1,3 +1,4 @@
+import functools
 import itertools
 import json
 import os
@@ -131,11 +132,13 @@ def test_conv_tokenizers_need_a_power_of_two_patch():
     model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
 
 
-@pytest.mark.parametrize("stride,kernel,cin", [(1, 3, 3), (2, 3, 8), (2, 3, 5), (1, 1, 4)])
-def test_conv_as_matmul_equals_xla_convolution(stride, kernel, cin):
-  from cellvit_jax.models import layers
+@pytest.mark.parametrize("form", ["matmul", "mixed"])
+@pytest.mark.parametrize("stride,kernel,cin,size", [(1, 3, 3, 10), (2, 3, 8, 10), (2, 3, 5, 10),
+                                                    (2, 3, 4, 9), (2, 3, 4, 5), (1, 1, 4, 10)])
+def test_conv_forms_equal_xla_convolution_and_its_gradients(form, stride, kernel, cin, size):
+  from cellvit_jax.models import conv_forms
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (2, 10, 10, cin))
+  x = jax.random.normal(kx, (2, size, size + 1, cin))  # odd and even sizes, non-square
   w = jax.random.normal(kw, (kernel, kernel, cin, 6))
   pad = ((kernel // 2,) * 2,) * 2
 
@@ -144,12 +147,13 @@ def test_conv_as_matmul_equals_xla_convolution(stride, kernel, cin):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def ours(x, w):
-    return layers.conv_as_matmul(x, w, stride)
+    return conv_forms.FORMS[form](x, w, stride)
 
   assert ours(x, w).shape == xla(x, w).shape
   assert jnp.allclose(ours(x, w), xla(x, w), atol=1e-5, rtol=1e-5)
   g = jax.random.normal(kg, xla(x, w).shape)
-  for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(xla, x, w)[1](g)):
+  for a, b in zip(jax.jit(jax.vjp(ours, x, w)[1])(g), jax.vjp(xla, x, w)[1](g)):
+    assert a.shape == b.shape
     assert jnp.allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
@@ -157,15 +161,24 @@ def test_stem_impl_changes_the_computation_not_the_parameters():
   x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
   kw = dict(dim=16, depth=1, num_heads=2, drop_path=0.0)
   conv = models.build("customvit", 3, stem_impl="conv", **kw)
-  matmul = models.build("customvit", 3, stem_impl="matmul", **kw)
   variables = conv.init({"params": jax.random.key(0)}, x)
-  same = jax.tree.map(jnp.array_equal, variables, matmul.init({"params": jax.random.key(0)}, x))
-  assert all(jax.tree.leaves(same))
-  for train in (False, True):
-    a = conv.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
-    b = matmul.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      assert jnp.allclose(u, v, atol=1e-4, rtol=1e-4)
+
+  def loss(model, params):
+    out, _ = model.apply({**variables, "params": params}, x, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+    return jnp.sum(out ** 2)
+
+  want = jax.value_and_grad(functools.partial(loss, conv))(variables["params"])
+  for impl in ("matmul", "mixed"):
+    other = models.build("customvit", 3, stem_impl=impl, **kw)
+    same = jax.tree.map(jnp.array_equal, variables, other.init({"params": jax.random.key(0)}, x))
+    assert all(jax.tree.leaves(same))
+    a = conv.apply(variables, x, train=False)
+    b = other.apply(variables, x, train=False)
+    assert jnp.allclose(a, b, atol=1e-4, rtol=1e-4)
+    got = jax.value_and_grad(functools.partial(loss, other))(variables["params"])
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert jnp.allclose(u, v, atol=1e-4, rtol=1e-3)
   with pytest.raises(ValueError, match="conv implementation 'fast'"):
     models.build("customvit", 3, stem_impl="fast", **kw).init({"params": jax.random.key(0)}, x)
 

@@ -21,9 +21,9 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
 - stem_full_res: 'convstem' starts with a stride-1 conv at full resolution (ours) or, False,
   with the stride-2 convs alone (Xiao et al.'s layout; cheaper on CPU);
 - stem_impl: how the 'convstem' convolutions are computed, not what they compute: 'conv'
-  (XLA's convolution), 'matmul' (patches @ kernel, layers.conv_as_matmul) or 'auto' (matmul
-  on CPU, where XLA's small-channel conv backward is slow; conv on GPU / TPU). Same
-  parameters, equal outputs up to float rounding;
+  (XLA's convolution), 'matmul' (patches @ kernel), 'mixed' (XLA's convolution forward,
+  stride-2 gradients in forms XLA:CPU runs well) or 'auto' (matmul on CPU, conv on GPU / TPU);
+  models/conv_forms.py. Same parameters, equal outputs and gradients up to float rounding;
 - spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
   half-patch shifts are stacked on channels before patchifying, widening each token's
   receptive field;

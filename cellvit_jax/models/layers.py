@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cellvit_jax.models import conv_forms
+
 Dtype = Any
 
 
@@ -33,58 +35,28 @@ class DropPath(nn.Module):
 he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv_as_matmul(x, kernel, stride: int):
-  """A k x k convolution ('same' k//2 zero padding, no groups) as one matmul over patches.
-
-  Equal to lax.conv_general_dilated up to float rounding. Why: XLA:CPU runs the backward of
-  small-channel convolutions (the input gradient of a stride-2 conv especially) far below
-  its matmul speed; the strided slices + one dot here lower to a dot and its transposes,
-  which it runs well (benchmarks/FINDINGS.md, "The conv stem on XLA:CPU").
-  """
-  k, _, cin, cout = kernel.shape
-  p = k // 2
-  b, h, w, _ = x.shape
-  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  taps = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-          for dy in range(k) for dx in range(k)]
-  patches = jnp.concatenate(taps, axis=-1)  # (b, ho, wo, k*k*cin), tap-major like HWIO
-  out = jnp.dot(patches.reshape(-1, k * k * cin), kernel.reshape(k * k * cin, cout))
-  return out.reshape(b, ho, wo, cout)
-
-
-class MatmulConv(nn.Module):
-  """nn.Conv's parameters ('kernel', HWIO, no bias) computed by `conv_as_matmul`."""
+class FormConv(nn.Module):
+  """nn.Conv's parameters ('kernel', HWIO, no bias) computed in one of conv_forms.FORMS."""
   features: int
   kernel: int
   stride: int = 1
+  form: str = "matmul"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", he_fan_out,
                         (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
-    return conv_as_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
-
-
-CONV_IMPLS = ("conv", "matmul", "auto")
-
-
-def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> 'matmul' on CPU (see conv_as_matmul), XLA's convolution on GPU / TPU."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"unknown conv implementation {impl!r}; choose one of {CONV_IMPLS}")
-  if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "conv"
-  return impl
+    return conv_forms.FORMS[self.form](x.astype(self.dtype), kernel.astype(self.dtype),
+                                       self.stride)
 
 
 class ConvBN(nn.Module):
   """Conv (no bias, 'same' k//2 padding, optional groups) -> BatchNorm; no activation.
 
   `zero_scale` starts the BN scale at zero (a residual branch that begins as nothing).
-  `impl`: 'conv' (XLA's convolution), 'matmul' (conv_as_matmul; groups=1 only) or 'auto';
-  the parameters are the same either way.
+  `impl`: one of conv_forms.CONV_IMPLS ('matmul' and 'mixed' for groups=1 only; 'auto'
+  falls back to XLA's convolution for groups); the parameters are the same in every form.
   Parameter names: <name>/conv/kernel, <name>/bn/{scale,bias}.
   """
   features: int
@@ -100,14 +72,14 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     k, p = self.kernel, self.kernel // 2
-    impl = resolve_conv_impl(self.impl)
-    if impl == "matmul" and self.groups != 1:
-      if self.impl == "matmul":
-        raise ValueError(f"ConvBN impl='matmul' supports groups=1 only (got {self.groups}); "
+    impl = conv_forms.resolve_conv_impl(self.impl)
+    if impl != "conv" and self.groups != 1:
+      if self.impl == impl:
+        raise ValueError(f"ConvBN impl={impl!r} supports groups=1 only (got {self.groups}); "
                          "use impl='conv' or 'auto'")
       impl = "conv"
-    if impl == "matmul":
-      x = MatmulConv(self.features, k, self.stride, dtype=self.dtype, name="conv")(x)
+    if impl != "conv":
+      x = FormConv(self.features, k, self.stride, impl, dtype=self.dtype, name="conv")(x)
     else:
       x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
                   padding=((p, p), (p, p)), feature_group_count=self.groups, use_bias=False,
