@@ -1,12 +1,31 @@
 """Shared fixtures: a tiny synthetic_cells dataset built once per test session, and input
 fixtures in the published formats (the writers themselves are in tests/fixtures.py)."""
 import os
+import shutil
+import tempfile
 
-import pytest
+# XLA compilation is most of a tiny test's time, and many tests (and the runs they start as
+# subprocesses, which inherit the environment) compile the same tiny programs: share them
+# through JAX's persistent compilation cache, in a fresh folder per session so nothing
+# outside it is read or written. Set before jax is imported; a caller's own setting wins.
+_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="cellvit-test-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
-import fixtures
+import pytest  # noqa: E402
 
-from cellvit_jax.data import datasets, synthetic_cells
+import fixtures  # noqa: E402
+
+from cellvit_jax.data import datasets, synthetic_cells  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _XLA_CACHE:
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+
 
 # An easy variant (no non-specific staining) so a tiny model learns in seconds.
 TINY_SPEC = dict(num_specimens=6, cells_per_specimen=128, seed=0, val_specimens=1, test_specimens=1,
