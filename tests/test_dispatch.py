@@ -107,21 +107,32 @@ _RTOL = {"loss": 1e-4, "accuracy": 0.0, "lr": 0.0, "param_norm": 1e-5, "grad_nor
          "update_norm": 3e-3}
 
 
-def test_device_resident_equals_the_host_stream_bitwise_and_k_steps_per_dispatch_closely(
-    tiny_data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def host_curve(tiny_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dispatch") / "host")
+  return _train_curve(tiny_data_dir, workdir, **{"dataset.on_device": "false"})
+
+
+def test_device_resident_equals_the_host_stream_bitwise(host_curve, tiny_data_dir, tmp_path):
   """One step per call: the resident subset hands the step the same uint8 batch as the host
-  stream, through the same step with no loop around it, so bitwise on CPU. k steps per call:
-  one program of k steps lays out and fuses the intermediate state differently from k
-  programs (on CPU also with an optimisation barrier between steps), so after the first call
-  the bits differ by rounding, which training then carries on (_RTOL)."""
-  host, host_results = _train_curve(tiny_data_dir, str(tmp_path / "host"),
-                                    **{"dataset.on_device": "false"})
+  stream, through the same step with no loop around it, so bitwise on CPU."""
+  host, host_results = host_curve
   assert [r["step"] for r in host if r["split"] == "train"] == list(range(1, 17))
   assert host_results["train_data_on_device"] is False
   device, device_results = _train_curve(tiny_data_dir, str(tmp_path / "device"),
                                         **{"dataset.on_device": "true"})
   assert device == host
   assert device_results["test"] == host_results["test"]
+
+
+@pytest.mark.slow  # two more runs, one with a 4-step program to compile: ~2 minutes here
+def test_k_steps_per_dispatch_follow_one_step_per_call_closely(host_curve, tiny_data_dir,
+                                                                tmp_path):
+  """k steps per call: one program of k steps lays out and fuses the intermediate state
+  differently from k programs (on CPU also with an optimisation barrier between steps), so
+  after the first call the bits differ by rounding, which training then carries on (_RTOL).
+  The fast suite checks one k = 3 dispatch on a small model (the test below)."""
+  host, host_results = host_curve
   for name, o in [("device_k4", {"dataset.on_device": "true", "train.steps_per_dispatch": 4}),
                   ("host_k5", {"dataset.on_device": "false", "train.steps_per_dispatch": 5})]:
     records, results = _train_curve(tiny_data_dir, str(tmp_path / name), **o)
@@ -133,6 +144,34 @@ def test_device_resident_equals_the_host_stream_bitwise_and_k_steps_per_dispatch
         for key, rtol in _RTOL.items():
           np.testing.assert_allclose(r[key], h[key], rtol=rtol, atol=0, err_msg=f"{name} {h}")
     np.testing.assert_allclose(results["test"]["loss"], host_results["test"]["loss"], rtol=1e-3)
+
+
+def test_one_dispatch_of_three_steps_follows_three_single_steps():
+  """The k-step program on its own, in process (a small patch-token CustomViT, so compiling
+  it is quick): the same losses and parameters as three plain steps, up to rounding."""
+  import jax
+  from cellvit_jax import models, optimizer, parallel, steps
+  config = tiny_config("unused")
+  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
+                       drop_path=0.0)
+  mesh = parallel.make_mesh()
+  tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
+  pure = steps.make_train_step(model, config, schedule)
+  jitted, _ = steps.make_steps(model, config, schedule, mesh)
+  rng = np.random.default_rng(0)
+  images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
+  index = [rng.integers(0, 40, 8).astype(np.int32) for _ in range(3)]
+  out = {}
+  for k in (1, 3):
+    run = dispatch.Dispatcher(jitted, pure, mesh, k, resident.place(images, labels, mesh))
+    state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+    state, metrics = run(state, [{"index": i} for i in index], jax.random.key(1), 0)
+    out[k] = ([float(m["loss"]) for m in metrics], jax.tree.leaves(jax.device_get(state.params)))
+  assert len(out[3][0]) == 3
+  assert out[3][0][0] == out[1][0][0]  # the first step starts from the same state
+  np.testing.assert_allclose(out[3][0], out[1][0], rtol=1e-4)
+  for a, b in zip(out[3][1], out[1][1]):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 TWO_DEVICES = textwrap.dedent("""

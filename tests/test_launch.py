@@ -86,6 +86,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # about 2 minutes; test_reliability's jax.distributed job stays in the default
 def test_two_jax_distributed_processes_train_each_cell_together(tiny_data_dir, tmp_path):
   config = write_cli_config(tmp_path / "tiny_study.py", tiny_data_dir, rows=("customvit",),
                             flaglimits=(32,))
