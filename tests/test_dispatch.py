@@ -146,31 +146,45 @@ def test_k_steps_per_dispatch_follow_one_step_per_call_closely(host_curve, tiny_
     np.testing.assert_allclose(results["test"]["loss"], host_results["test"]["loss"], rtol=1e-3)
 
 
-def test_one_dispatch_of_three_steps_follows_three_single_steps():
-  """The k-step program on its own, in process (a small patch-token CustomViT, so compiling
-  it is quick): the same losses and parameters as three plain steps, up to rounding."""
+def dispatch_runs(model, feeds, batch):
+  """Three index batches of one fixed 50-image subset through dispatch.Dispatcher, once per
+  (k, 'host' | 'device') in `feeds`, each from the same initial state: per feed the losses and
+  the final parameters and batch statistics. Also run by TWO_DEVICES on a 2-device mesh."""
   import jax
-  from cellvit_jax import models, optimizer, parallel, steps
+  from cellvit_jax import optimizer, parallel, steps
   config = tiny_config("unused")
-  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
-                       drop_path=0.0)
   mesh = parallel.make_mesh()
   tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
   pure = steps.make_train_step(model, config, schedule)
   jitted, _ = steps.make_steps(model, config, schedule, mesh)
   rng = np.random.default_rng(0)
-  images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
-  index = [rng.integers(0, 40, 8).astype(np.int32) for _ in range(3)]
-  out = {}
-  for k in (1, 3):
-    run = dispatch.Dispatcher(jitted, pure, mesh, k, resident.place(images, labels, mesh))
+  images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
+  index = [rng.integers(0, 50, batch).astype(np.int32) for _ in range(3)]
+  out = []
+  for k, feed in feeds:
+    data = resident.place(images, labels, mesh) if feed == "device" else None
+    run = dispatch.Dispatcher(jitted, pure, mesh, k, data)
     state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-    state, metrics = run(state, [{"index": i} for i in index], jax.random.key(1), 0)
-    out[k] = ([float(m["loss"]) for m in metrics], jax.tree.leaves(jax.device_get(state.params)))
-  assert len(out[3][0]) == 3
-  assert out[3][0][0] == out[1][0][0]  # the first step starts from the same state
-  np.testing.assert_allclose(out[3][0], out[1][0], rtol=1e-4)
-  for a, b in zip(out[3][1], out[1][1]):
+    batches = ([{"image": images[i], "label": labels[i].astype(np.int32)} for i in index]
+               if feed == "host" else [{"index": i} for i in index])
+    state, metrics = run(state, batches, jax.random.key(1), 0)
+    out.append(([float(m["loss"]) for m in metrics],
+                jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))))
+  return out
+
+
+def test_one_dispatch_of_three_steps_follows_three_single_steps():
+  """The k-step program on its own, in process (a small patch-token CustomViT, so compiling
+  it is quick): the same losses and parameters as three plain steps, up to rounding."""
+  from cellvit_jax import models
+  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
+                       drop_path=0.0)
+  (k1_losses, k1_leaves), (k3_losses, k3_leaves) = dispatch_runs(
+      model, [(1, "device"), (3, "device")], batch=8)
+  assert len(k3_losses) == 3
+  assert k3_losses[0] == k1_losses[0]  # the first step starts from the same state
+  np.testing.assert_allclose(k3_losses, k1_losses, rtol=1e-4)
+  for a, b in zip(k3_leaves, k1_leaves):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
@@ -179,29 +193,11 @@ TWO_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import dispatch, models, optimizer, parallel, resident, steps
-    from conftest import tiny_config
+    from cellvit_jax import models
+    from test_dispatch import dispatch_runs
     assert jax.device_count() == 2
-    config = tiny_config("unused")
-    model = models.build("resnet18", 4, width=8)
-    mesh = parallel.make_mesh()
-    tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
-    pure = steps.make_train_step(model, config, schedule)
-    jitted, _ = steps.make_steps(model, config, schedule, mesh)
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
-    index = [rng.integers(0, 50, 16).astype(np.int32) for _ in range(3)]
-    out = []
-    for k, feed in [(1, "host"), (3, "device"), (1, "device")]:
-      data = resident.place(images, labels, mesh) if feed == "device" else None
-      run = dispatch.Dispatcher(jitted, pure, mesh, k, data)
-      state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-      batches = ([{{"image": images[i], "label": labels[i].astype(np.int32)}} for i in index]
-                 if feed == "host" else [{{"index": i}} for i in index])
-      state, m = run(state, batches, jax.random.key(1), 0)
-      losses = [float(x["loss"]) for x in m]
-      leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
-      out.append((losses, leaves))
+    out = dispatch_runs(models.build("resnet18", 4, width=8),
+                        [(1, "host"), (3, "device"), (1, "device")], batch=16)
     (host_losses, host_leaves), (k3_losses, k3_leaves), (k1_losses, k1_leaves) = out
     same = host_losses == k1_losses and all(np.array_equal(a, b)
                                             for a, b in zip(host_leaves, k1_leaves))

@@ -29,8 +29,7 @@ def _read_back(tmp_path, name, split):
 
 def _image_feature(tmp_path, name):
   with open(os.path.join(tfds_writer.dataset_dir(str(tmp_path), name), "features.json")) as f:
-    text = json.dumps(json.load(f))
-  return text
+    return json.dumps(json.load(f))
 
 
 def test_images_are_stored_as_bytes_and_round_trip(tmp_path):
@@ -46,15 +45,12 @@ def test_images_are_stored_as_bytes_and_round_trip(tmp_path):
 
 def test_a_dataset_written_with_int64_images_still_reads(tmp_path, monkeypatch):
   """Datasets built before the bytes encoding (TFDS's int64-list default) keep working."""
-  def old_features(class_names, patch_size):
+  features = tfds_writer._features
+
+  def old_features(class_names, patch_size):  # today's features, the image as before
     return tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(patch_size, patch_size, 3), dtype=np.uint8),
-        "label": tfds.features.ClassLabel(names=list(class_names)),
-        "specimen": tfds.features.Text(),
-        "x": tfds.features.Scalar(dtype=np.float32),
-        "y": tfds.features.Scalar(dtype=np.float32),
-        "source": tfds.features.Text(),
-    })
+        **dict(features(class_names, patch_size).items()),
+        "image": tfds.features.Tensor(shape=(patch_size, patch_size, 3), dtype=np.uint8)})
   monkeypatch.setattr(tfds_writer, "_features", old_features)
   splits = _write(tmp_path, "old")
   monkeypatch.undo()
