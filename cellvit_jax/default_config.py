@@ -79,6 +79,10 @@ def get_config():
   config.optim.min_lr_ratio = 0.01      # cosine decays to lr * this
   config.optim.grad_clip = 1.0          # global-norm clip; 0 disables
   config.optim.label_smoothing = 0.1
+  # Exponential moving average of the weights (and BatchNorm statistics), used for every
+  # evaluation and saved in the checkpoints: decay per step, capped by (1 + t) / (10 + t)
+  # early on (steps.ema_decay_at); 0 is off. A recipe switch, off by default.
+  config.optim.ema_decay = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128         # global batch, split over all devices

@@ -24,6 +24,8 @@ _OPTIM_RANGES = {
     "warmup_epochs": (0.0, False, math.inf, "epochs of linear warm-up; 0: none", "1.0"),
     "min_lr_ratio": (0.0, False, math.inf, "the final lr as a fraction of lr", "0.01"),
     "grad_clip": (0.0, False, math.inf, "the global-norm clip; 0: off", "1.0"),
+    "ema_decay": (0.0, False, 1.0, "the per-step decay of the weights' moving average; 0: off",
+                  "0.998"),
 }
 
 

@@ -142,7 +142,8 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
                        "training command to finish it")
     rep = parallel.replicated(mesh)
     abstract = jax.eval_shape(
-        lambda rng: steps.create_state(rng, model, tx, dataset.image_size, mesh), jax.random.key(0))
+        lambda rng: steps.create_state(rng, model, tx, dataset.image_size, mesh,
+                                       ema=config.optim.ema_decay > 0), jax.random.key(0))
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
                             abstract)
     state = ckpt.restore(abstract, None, step=step)

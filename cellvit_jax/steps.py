@@ -32,6 +32,13 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
+class EmaTrainState(TrainState):
+  """A TrainState that also keeps a moving average of {"params", "batch_stats"}
+  (config.optim.ema_decay > 0), which evaluation uses. A subclass, so that runs without it
+  keep the state, and the checkpoints, they had before it existed."""
+  ema: Any = flax.struct.field(default_factory=dict)
+
+
 def blur_augment_config(config):
   """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off."""
   b = config.augment.blur
@@ -114,9 +121,10 @@ def model_input(model, images01, config):
 
 
 def eval_logits(model, config, state, images01):
-  """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode)."""
+  """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode),
+  from the weights' moving average when the run keeps one."""
   x = model_input(model, images01, config)
-  return model.apply(_variables(state), x, train=False).astype(jnp.float32)
+  return model.apply(_eval_variables(state), x, train=False).astype(jnp.float32)
 
 
 def _variables(state, params=None):
@@ -124,6 +132,32 @@ def _variables(state, params=None):
   if state.batch_stats:
     v["batch_stats"] = state.batch_stats
   return v
+
+
+def _eval_variables(state):
+  if not isinstance(state, EmaTrainState):
+    return _variables(state)
+  return {k: v for k, v in state.ema.items() if k == "params" or v}
+
+
+def _ema_target(state):
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def ema_decay_at(decay, step):
+  """The moving average's decay at optimiser step `step` (0-based): `decay`, capped by
+  (1 + step) / (10 + step) so that the first steps do not keep the random initialisation
+  (the warm-up of tf.train.ExponentialMovingAverage's num_updates)."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def reset_ema(state):
+  """The state with its moving average (if it keeps one) set to its current weights: after
+  the foundation models' published weights replace the random ones."""
+  if not isinstance(state, EmaTrainState):
+    return state
+  return state.replace(ema=jax.tree.map(jnp.copy, _ema_target(state)))
 
 
 def _tree_norm(tree):
@@ -136,6 +170,7 @@ def make_train_step(model, config, schedule):
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
   mix_args = mix_config(config)
+  ema_decay = float(config.optim.ema_decay)
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
@@ -162,6 +197,14 @@ def make_train_step(model, config, schedule):
     new_state = state.apply_gradients(grads=grads)
     if updates:
       new_state = new_state.replace(batch_stats=updates["batch_stats"])
+    if ema_decay > 0:
+      if not isinstance(state, EmaTrainState):
+        raise ValueError("config.optim.ema_decay > 0 needs the state of "
+                         "steps.create_state(..., ema=True)")
+      d = ema_decay_at(ema_decay, state.step)
+      new_state = new_state.replace(ema=jax.tree.map(
+          lambda e, w: d.astype(e.dtype) * e + (1 - d).astype(e.dtype) * w, state.ema,
+          _ema_target(new_state)))
     metrics = {
         "loss": loss,
         # Against the original labels, also under mixup / CutMix: how often the prediction is
@@ -195,12 +238,15 @@ def make_steps(model, config, schedule, mesh):
   return train_step, eval_step
 
 
-def create_state(rng, model, tx, image_size: int, mesh) -> TrainState:
-  """Initialises parameters (replicated over the mesh) from `rng`."""
+def create_state(rng, model, tx, image_size: int, mesh, ema: bool = False) -> TrainState:
+  """Initialises parameters (replicated over the mesh) from `rng`; with `ema`, a moving
+  average of the weights starts at them (config.optim.ema_decay > 0)."""
   def init(rng):
     p_rng, d_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init({"params": p_rng, "dropout": d_rng}, dummy, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
+    cls = EmaTrainState if ema else TrainState
+    state = cls.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                       batch_stats=variables.get("batch_stats", {}))
+    return state.replace(ema=_ema_target(state)) if ema else state
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)

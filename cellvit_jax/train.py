@@ -107,7 +107,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx, schedule = optimizer.make_optimizer(config.optim, model, total, steps_per_epoch)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh)
+  state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh,
+                             ema=config.optim.ema_decay > 0)
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   train_step, eval_step = steps.make_steps(model, config, schedule, mesh)
   per_dispatch = config.train.steps_per_dispatch
@@ -136,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = ckpt.restore(state, train_iter)
     logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
   else:  # a fresh run: foundation models start from their published weights
-    state = models.with_pretrained(config, model, state, mesh)
+    state = steps.reset_ema(models.with_pretrained(config, model, state, mesh))
   start = int(state.step)
   results_path = os.path.join(workdir, "results.json")
   if start >= total and os.path.exists(results_path):
