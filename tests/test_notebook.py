@@ -1,4 +1,5 @@
 """notebooks/ablation_customvit.ipynb runs headless (nbclient) with a tiny parameter cell."""
+import json
 import os
 
 import nbformat
@@ -19,8 +20,9 @@ def _tiny_parameters(data_dir, workdir):
       "train.eval_every_epochs": 1.0, "train.progress_bar": False,
   }
   # Two variants, the second flipping every switch (each variant costs a compilation).
+  # A dotted key is a config (recipe) switch: the second variant's run must have used it.
   variants = {"baseline": {}, "SPT + LSA": {"spt": True, "lsa": True, "patch_size": 4,
-                                            "pool": "gap", "depth": 2}}
+                                            "pool": "gap", "depth": 2, "optim.lr": 7e-4}}
   return (f"import sys\nsys.path.insert(0, {REPO!r})\n"
           f"CONFIG = {os.path.join(REPO, 'configs', 'customvit.py')!r}\n"
           f"DATA_DIR = {data_dir!r}\nOVERRIDES = {overrides!r}\nVARIANTS = {variants!r}\n"
@@ -42,3 +44,6 @@ def test_ablation_notebook_executes_with_tiny_parameters(tiny_data_dir, tmp_path
              for o in c.get("outputs", []))
   assert (tmp_path / "runs" / "ablation.png").is_file()
   assert (tmp_path / "runs" / "SPT_plus_LSA" / "results.json").is_file()
+  with open(tmp_path / "runs" / "SPT_plus_LSA" / "config.json") as f:
+    stored = json.load(f)
+  assert stored["optim"]["lr"] == 7e-4 and stored["model"]["kwargs"]["lsa"] is True
