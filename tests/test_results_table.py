@@ -56,3 +56,15 @@ def test_mean_over_seeds_sorted_by_val_and_test_only_where_every_seed_has_it(tmp
   with pytest.raises(ValueError, match="two records of one seed"):
     results_table.mean_markdown(
         results_table.read_records([str(path)], results_table.REQUIRED_MEAN))
+
+
+def test_only_keeps_the_named_variants_and_names_a_typo(tmp_path, capsys):
+  path = tmp_path / "runs.jsonl"
+  path.write_text("\n".join(json.dumps(_record(m, a, seed=0, val={"accuracy": a}, **extra))
+                            for m, a, extra in [("resnet18", 0.9, {}), ("densenet121", 0.8, {}),
+                                                ("customvit", 0.7, {"tag": "hybrid"})]) + "\n")
+  assert results_table.main(["--mean", "--only=hybrid,resnet18", str(path)]) == 0
+  rows = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines()[2:]]
+  assert rows == ["resnet18", "hybrid"]
+  assert results_table.main(["--only=resnet81", str(path)]) == 2
+  assert "--only names ['resnet81'] match no record" in capsys.readouterr().err

@@ -9,6 +9,12 @@ Rows are sorted by test accuracy, best first. Numbers are read from the files, n
 A record needs model, flaglimit, num_params and test{accuracy, balanced_accuracy, macro_f1};
 an optional `tag` names a variant of a model (an ablation).
 
+`--only=NAME,NAME` keeps the records whose variant (tag, else model) is one of the names,
+e.g. to set CustomViT's rows beside the CNN rows of another file:
+
+    python -m cellvit_jax.experiments.results_table --mean --only=resnet18,customvit_hybrid \
+        docs/results/models_fl1024_h100.jsonl docs/results/customvit_fl1024_cpu.jsonl
+
 `--mean` groups records by (tag, recipe, FlagLimit) and gives mean +- sample std over seeds
 of val and test accuracy, with GFLOPs per image and the host; rows are sorted by val (the
 split choices are made on). Records without test metrics (screening rows of export_rows)
@@ -63,6 +69,17 @@ def _mean_std(values: Sequence[float]) -> str:
   return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
+def select(records: Sequence[dict], names: Sequence[str]) -> List[dict]:
+  """The records whose variant (tag, else model) is in `names`; a name that matches none is
+  an error (a typo would otherwise drop a row from the table silently)."""
+  variant = lambda r: r.get("tag") or r["model"]  # noqa: E731
+  unknown = sorted(set(names) - {variant(r) for r in records})
+  if unknown:
+    raise ValueError(f"--only names {unknown} match no record; the files hold "
+                     f"{sorted({variant(r) for r in records})}")
+  return [r for r in records if variant(r) in names]
+
+
 def mean_markdown(records: Sequence[dict]) -> str:
   """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds."""
   groups = {}
@@ -92,16 +109,17 @@ def mean_markdown(records: Sequence[dict]) -> str:
 
 def main(argv):
   mean = "--mean" in argv
-  argv = [a for a in argv if a != "--mean"]
+  only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
+  argv = [a for a in argv if a != "--mean" and not a.startswith("--only=")]
   if not argv:
-    print("usage: python -m cellvit_jax.experiments.results_table [--mean] "
+    print("usage: python -m cellvit_jax.experiments.results_table [--mean] [--only=NAME,...] "
           "RESULTS.json|RUNS.jsonl ...", file=sys.stderr)
     return 2
   try:
-    if mean:
-      print(mean_markdown(read_records(argv, REQUIRED_MEAN)), end="")
-    else:
-      print(markdown(read_records(argv)), end="")
+    records = read_records(argv, REQUIRED_MEAN if mean else REQUIRED)
+    if only:
+      records = select(records, [n for arg in only for n in arg.split(",") if n])
+    print(mean_markdown(records) if mean else markdown(records), end="")
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
