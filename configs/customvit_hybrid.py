@@ -4,8 +4,9 @@ configs/customvit.py plus one residual basic block after each stem conv (`stem_b
 the hybrid ViT of Dosovitskiy et al. 2021 scaled to 40x40): 0.83 M parameters, 0.138
 GFLOPs per 40x40 image (a twentieth of DenseNet-121's), about 3x the default's training
 time on a CPU. Trained with the comparison recipe `base30_lr2e-3` (30 epochs at peak lr 2e-3,
-as the CNN rows), as chosen on val in docs/customvit.md ("Fourth round", "Eighth round"); the README's first command keeps the
-faster configs/customvit.py so that it fits 10 minutes on a 2-core CPU.
+as the CNN rows), as chosen on val in docs/customvit.md ("Fourth round", "Eighth round");
+the README's first command keeps the faster configs/customvit.py so that it fits 10 minutes
+on a 2-core CPU.
 
   python -m cellvit_jax.main --config=configs/customvit_hybrid.py --workdir=runs/customvit_hybrid
   # the study's customvit row as this config (the study sets one epoch count for all rows):
