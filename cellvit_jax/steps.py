@@ -127,17 +127,18 @@ def eval_logits(model, config, state, images01):
   return model.apply(_eval_variables(state), x, train=False).astype(jnp.float32)
 
 
+def _as_variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
 def _variables(state, params=None):
-  v = {"params": state.params if params is None else params}
-  if state.batch_stats:
-    v["batch_stats"] = state.batch_stats
-  return v
+  return _as_variables(state.params if params is None else params, state.batch_stats)
 
 
 def _eval_variables(state):
   if not isinstance(state, EmaTrainState):
     return _variables(state)
-  return {k: v for k, v in state.ema.items() if k == "params" or v}
+  return _as_variables(**state.ema)
 
 
 def _ema_target(state):

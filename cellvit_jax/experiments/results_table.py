@@ -29,6 +29,11 @@ REQUIRED = ("model", "flaglimit", "num_params", "test")
 REQUIRED_MEAN = ("model", "flaglimit", "num_params", "val")
 
 
+def variant(record: dict) -> str:
+  """A record's row name: its tag (an ablation), else its model."""
+  return record.get("tag") or record["model"]
+
+
 def read_records(paths: Sequence[str], required: Sequence[str] = REQUIRED) -> List[dict]:
   records = []
   for path in paths:
@@ -54,7 +59,7 @@ def markdown(records: Sequence[dict]) -> str:
   for r in sorted(records, key=lambda r: -r["test"]["accuracy"]):
     ips = r.get("train_images_per_sec")
     lines.append("| " + " | ".join([
-        r.get("tag") or r["model"], str(r["flaglimit"]), f"{r['num_params'] / 1e6:.2f} M",
+        variant(r), str(r["flaglimit"]), f"{r['num_params'] / 1e6:.2f} M",
         f"{r['test']['accuracy']:.4f}", f"{r['test']['balanced_accuracy']:.4f}",
         f"{r['test']['macro_f1']:.4f}", f"{ips:.0f}" if ips else "n/a", str(r.get("steps", "")),
         r.get("platform", "")]) + " |")
@@ -72,7 +77,6 @@ def _mean_std(values: Sequence[float]) -> str:
 def select(records: Sequence[dict], names: Sequence[str]) -> List[dict]:
   """The records whose variant (tag, else model) is in `names`; a name that matches none is
   an error (a typo would otherwise drop a row from the table silently)."""
-  variant = lambda r: r.get("tag") or r["model"]  # noqa: E731
   unknown = sorted(set(names) - {variant(r) for r in records})
   if unknown:
     raise ValueError(f"--only names {unknown} match no record; the files hold "
@@ -84,7 +88,7 @@ def mean_markdown(records: Sequence[dict]) -> str:
   """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds."""
   groups = {}
   for r in records:
-    key = (r.get("tag") or r["model"], r.get("recipe", ""), r["flaglimit"])
+    key = (variant(r), r.get("recipe", ""), r["flaglimit"])
     groups.setdefault(key, []).append(r)
   head = ["variant", "recipe", "FlagLimit", "seeds", "parameters", "GFLOPs/image",
           "val accuracy", "test accuracy", "host"]
