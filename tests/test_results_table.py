@@ -68,3 +68,31 @@ def test_only_keeps_the_named_variants_and_names_a_typo(tmp_path, capsys):
   assert rows == ["resnet18", "hybrid"]
   assert results_table.main(["--only=resnet81", str(path)]) == 2
   assert "--only names ['resnet81'] match no record" in capsys.readouterr().err
+
+
+def test_cost_file_fills_gflops_by_model_and_size_only(tmp_path, capsys):
+  runs = tmp_path / "runs.jsonl"
+  runs.write_text("\n".join(json.dumps(_record(m, 0.9, seed=0, val={"accuracy": 0.9}, **extra))
+                            for m, extra in [("resnet18", {"num_params": 11}),
+                                             ("customvit", {"num_params": 5, "tag": "other_size"}),
+                                             ("densenet121", {"num_params": 7,
+                                                              "gflops_per_image": 2.5})]) + "\n")
+  cost = tmp_path / "cost.json"
+  cost.write_text(json.dumps([
+      {"model": "resnet18", "params": 11, "gflops_per_image": 1.5, "device": "cpu",
+       "images_per_sec": {"1": 30.0, "256": 61.0}},
+      {"model": "customvit", "params": 4, "gflops_per_image": 0.04, "device": "cpu",
+       "images_per_sec": {"256": 900.0}},
+      {"model": "densenet121", "params": 7, "gflops_per_image": 9.9, "device": "cpu",
+       "images_per_sec": {"256": 18.0}}]))
+  assert results_table.main(["--mean", f"--cost={cost}", str(runs)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert "inference images/s (cpu)" in lines[0]
+  rows = {r[0].strip("| "): r for r in (line.split(" | ") for line in lines[2:])}
+  assert rows["resnet18"][5] == "1.500" and rows["resnet18"][6] == "61 @256"
+  assert rows["other_size"][5] == "n/a" and rows["other_size"][6] == "n/a"  # 5 != 4 params
+  assert rows["densenet121"][5] == "2.500"  # the record's own figure wins
+  cost.write_text('{"model": "resnet18"}')
+  assert results_table.main(["--mean", f"--cost={cost}", str(runs)]) == 2
+  assert "not a list of cost rows" in capsys.readouterr().err
+  assert results_table.main([f"--cost={cost}", str(runs)]) == 2  # --cost needs --mean

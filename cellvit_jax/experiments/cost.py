@@ -15,6 +15,7 @@ with figures from the same device.
 """
 import json
 import os
+import platform
 import sys
 import time
 from typing import Callable, Sequence
@@ -40,12 +41,27 @@ def xla_flops(compiled) -> float:
   return float((analysis or {}).get("flops", float("nan")))
 
 
+def host_name() -> str:
+  """The accelerator kind, or the CPU model from /proc/cpuinfo (hosts differ from day to day)."""
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    return device.device_kind
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "cpu"
+
+
 def measure_forward(forward: Callable, variables, *, batch_sizes: Sequence[int] = (1, 256),
                     native_size: int = NATIVE_SIZE, min_seconds: float = 1.0,
                     seed: int = 0) -> dict:
   """Times `forward(variables, uint8 images) -> logits` at each batch size.
 
-  Returns {"gflops_per_image", "images_per_sec": {str(batch): float}, "device"}.
+  Returns {"gflops_per_image", "images_per_sec": {str(batch): float}, "device", "host"}.
   """
   if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
     raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
@@ -66,6 +82,7 @@ def measure_forward(forward: Callable, variables, *, batch_sizes: Sequence[int] 
         break
     out["images_per_sec"][str(b)] = calls * b / elapsed
   out["device"] = jax.devices()[0].device_kind
+  out["host"] = host_name()
   return out
 
 

@@ -14,7 +14,6 @@ variant.
 """
 import json
 import os
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +35,6 @@ def define_flags():
   flags.DEFINE_string("output", "", "JSON-lines file to append to.")
   flags.DEFINE_bool("with_test", False, "Keep the test metrics (final configurations only; "
                     "screening rows carry val only, so no choice can look at test).")
-
-
-def host_name() -> str:
-  """The accelerator kind, or the CPU model from /proc/cpuinfo (hosts differ from day to day)."""
-  device = jax.devices()[0]
-  if device.platform != "cpu":
-    return device.device_kind
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "cpu"
 
 
 def model_gflops(config_dict: dict, num_classes: int) -> float:
@@ -77,7 +61,7 @@ def row(run_dir: str, tag: str, recipe: str, with_test: bool = False) -> dict:
   out["epochs"] = config["train"]["epochs"]
   out["batch_size"] = config["train"]["batch_size"]
   out["gflops_per_image"] = round(model_gflops(config, len(record["train_counts"])), 6)
-  out["host"] = host_name()
+  out["host"] = cost.host_name()
   if not with_test:  # design choices are made on val; test is reported once, for finals
     out.pop("test")
   return out

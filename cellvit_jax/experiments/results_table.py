@@ -19,11 +19,17 @@ e.g. to set CustomViT's rows beside the CNN rows of another file:
 of val and test accuracy, with GFLOPs per image and the host; rows are sorted by val (the
 split choices are made on). Records without test metrics (screening rows of export_rows)
 show "-" there.
+
+`--cost=COST.json` (the rows `python -m cellvit_jax.experiments.cost --output=COST.json`
+writes) completes the cost columns: a record without its own GFLOPs takes them from the cost
+row of the same model *and* parameter count (so a variant of another size is never given a
+stranger's figure), and `--mean` adds that row's inference images/s at its largest batch,
+a measurement of the machine that ran `cost` (the table says which).
 """
 import json
 import statistics
 import sys
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REQUIRED = ("model", "flaglimit", "num_params", "test")
 REQUIRED_MEAN = ("model", "flaglimit", "num_params", "val")
@@ -84,14 +90,41 @@ def select(records: Sequence[dict], names: Sequence[str]) -> List[dict]:
   return [r for r in records if variant(r) in names]
 
 
-def mean_markdown(records: Sequence[dict]) -> str:
-  """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds."""
+def read_cost(path: str) -> Dict[Tuple[str, int], dict]:
+  """Cost rows (experiments/cost --output) keyed by (model, parameter count)."""
+  with open(path) as f:
+    try:
+      rows = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--cost={path} is not JSON ({e}); pass the file that "
+                       "python -m cellvit_jax.experiments.cost --output=FILE wrote")
+  if not isinstance(rows, list) or not all(
+      isinstance(r, dict) and {"model", "params", "gflops_per_image"} <= set(r) for r in rows):
+    raise ValueError(f"--cost={path} is not a list of cost rows (model, params, "
+                     "gflops_per_image, ...); pass what experiments.cost --output wrote")
+  return {(r["model"], int(r["params"])): r for r in rows}
+
+
+def _fastest(cost_row: dict) -> str:
+  speeds = cost_row.get("images_per_sec") or {}
+  if not speeds:
+    return "n/a"
+  batch = max(speeds, key=int)
+  return f"{speeds[batch]:.0f} @{batch}"
+
+
+def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
+  """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds; with `cost`
+  (read_cost), missing GFLOPs filled in and a column of inference images/s."""
   groups = {}
   for r in records:
     key = (variant(r), r.get("recipe", ""), r["flaglimit"])
     groups.setdefault(key, []).append(r)
   head = ["variant", "recipe", "FlagLimit", "seeds", "parameters", "GFLOPs/image",
           "val accuracy", "test accuracy", "host"]
+  if cost is not None:
+    devices = sorted({str(r.get("host") or r.get("device", "?")) for r in cost.values()})
+    head.insert(6, f"inference images/s ({', '.join(devices)})")
   rows = []
   for (tag, recipe, flaglimit), rs in groups.items():
     seeds = sorted({r["seed"] for r in rs})
@@ -101,11 +134,17 @@ def mean_markdown(records: Sequence[dict]) -> str:
     val = [r["val"]["accuracy"] for r in rs]
     test = [r["test"]["accuracy"] for r in rs if "test" in r]
     gflops = rs[0].get("gflops_per_image")
-    rows.append((statistics.mean(val), [
+    cost_row = (cost or {}).get((rs[0]["model"], int(rs[0]["num_params"])))
+    if not gflops and cost_row:
+      gflops = cost_row["gflops_per_image"]
+    cells = [
         tag, recipe or "-", str(flaglimit), ",".join(map(str, seeds)),
         f"{rs[0]['num_params'] / 1e6:.2f} M", f"{gflops:.3f}" if gflops else "n/a",
         _mean_std(val), _mean_std(test) if len(test) == len(rs) else "-",
-        "; ".join(sorted({r.get("host") or r.get("platform", "?") for r in rs}))]))
+        "; ".join(sorted({r.get("host") or r.get("platform", "?") for r in rs}))]
+    if cost is not None:
+      cells.insert(6, _fastest(cost_row) if cost_row else "n/a")
+    rows.append((statistics.mean(val), cells))
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(cells) + " |" for _, cells in sorted(rows, key=lambda t: -t[0])]
   return "\n".join(lines) + "\n"
@@ -114,16 +153,18 @@ def mean_markdown(records: Sequence[dict]) -> str:
 def main(argv):
   mean = "--mean" in argv
   only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
-  argv = [a for a in argv if a != "--mean" and not a.startswith("--only=")]
-  if not argv:
-    print("usage: python -m cellvit_jax.experiments.results_table [--mean] [--only=NAME,...] "
-          "RESULTS.json|RUNS.jsonl ...", file=sys.stderr)
+  costs = [a.split("=", 1)[1] for a in argv if a.startswith("--cost=")]
+  argv = [a for a in argv if a != "--mean" and not a.startswith(("--only=", "--cost="))]
+  if not argv or len(costs) > 1 or (costs and not mean):
+    print("usage: python -m cellvit_jax.experiments.results_table [--mean [--cost=COST.json]] "
+          "[--only=NAME,...] RESULTS.json|RUNS.jsonl ...", file=sys.stderr)
     return 2
   try:
     records = read_records(argv, REQUIRED_MEAN if mean else REQUIRED)
     if only:
       records = select(records, [n for arg in only for n in arg.split(",") if n])
-    print(mean_markdown(records) if mean else markdown(records), end="")
+    cost = read_cost(costs[0]) if costs else None
+    print(mean_markdown(records, cost) if mean else markdown(records), end="")
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
