@@ -31,7 +31,7 @@ def test_customvit_parameter_count():
 SWITCHES = list(itertools.product(["patch", "conv"], [False, True], [False, True],
                                   ["learned", "sincos"], ["cls", "gap"]))
 SWITCHES += [(tok, False, lsa, pos, pool) for tok in ("convstem", "cct") for lsa in (False, True)
-             for pos in ("learned", "sincos") for pool in ("cls", "gap", "seq")]
+             for pos in ("learned", "sincos", "relative") for pool in ("cls", "gap", "seq")]
 
 
 @pytest.mark.parametrize("tokenizer,spt,lsa,pos_emb,pool", SWITCHES)
@@ -256,3 +256,38 @@ def test_hybrid_config_is_the_default_with_stem_blocks_and_the_comparison_length
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
   assert sum(a.size for a in jax.tree.leaves(variables["params"])) == 832_156  # docs: 0.83 M
+
+
+def test_relative_position_bias_shares_one_entry_per_offset_and_heads_differ():
+  from cellvit_jax.models import layers
+  index = layers.relative_position_index(2, 3)  # a 2 x 3 grid: (2*2-1) * (2*3-1) = 15 offsets
+  assert index.shape == (6, 6) and index.min() == 0 and index.max() == 14
+  # Tokens are row-major: 0=(0,0), 1=(0,1), 4=(1,1), 5=(1,2). Same offset (+1, +1): same entry.
+  assert index[4, 0] == index[5, 1] and index[0, 4] == index[1, 5] and index[4, 0] != index[0, 4]
+  assert len(set(index.reshape(-1))) == 15
+  assert np.array_equal(layers.relative_position_index(5), layers.relative_position_index(5, 5))
+  module = layers.RelativePositionBias(2, 3, num_heads=2, cls_token=True)
+  variables = module.init(jax.random.key(0))
+  assert not np.any(variables["params"]["table"])  # zero at init: starts as plain attention
+  table = np.arange(18 * 2, dtype=np.float32).reshape(18, 2)  # 15 grid + 3 class-token rows
+  bias = module.apply({"params": {"table": table}})
+  assert bias.shape == (1, 2, 7, 7)
+  np.testing.assert_array_equal(bias[0, :, 1:, 1:], table[index].transpose(2, 0, 1))
+  assert set(np.asarray(bias[0, 0, 0, 1:])) == {30.0}  # class token -> grid: row 15, head 0
+  assert set(np.asarray(bias[0, 0, 1:, 0])) == {32.0}  # grid -> class token: row 16
+  assert bias[0, 1, 0, 0] == 35.0
+
+
+def test_relative_pos_emb_has_no_absolute_embedding_and_its_bias_changes_the_output():
+  kwargs = dict(dim=16, depth=2, num_heads=2, patch_size=8)
+  model = models.build("customvit", 4, pos_emb="relative", **kwargs)
+  x = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
+  variables = model.init({"params": jax.random.key(0)}, x)
+  params = variables["params"]
+  assert "pos_embedding" not in params and params["block1_rel_pos"]["table"].shape == (81 + 3, 2)
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(5), params["head"]["kernel"].shape)
+  before = model.apply(variables, x)
+  params["block0_rel_pos"]["table"] = jax.random.normal(jax.random.key(6), (84, 2))
+  assert not np.allclose(before, model.apply(variables, x))
+  with pytest.raises(ValueError, match="'learned', 'sincos' or 'relative'"):
+    models.build("customvit", 4, pos_emb="rope", **kwargs).init(jax.random.key(0), x)

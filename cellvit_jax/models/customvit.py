@@ -29,7 +29,8 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
   receptive field;
 - lsa: Locality Self-Attention (Lee et al. 2021): learnable softmax temperature and a
   masked diagonal;
-- pos_emb: 'learned' or 'sincos' (fixed 2-D);
+- pos_emb: 'learned', 'sincos' (fixed 2-D) or 'relative' (no absolute embedding; a learned
+  bias per head and 2-D token offset in every block's attention, BEiT / Swin);
 - pool: 'cls' (class token), 'gap' (mean over tokens) or 'seq' (CCT's sequence pooling:
   a learned softmax weighting of the tokens);
 - drop_path: maximum stochastic-depth rate, linearly increasing over blocks.
@@ -121,11 +122,12 @@ class CustomViT(interface.Model):
 
     if self.pos_emb == "learned":
       pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, gh * gw, self.dim))
+      x = x + jnp.asarray(pos, self.dtype)
     elif self.pos_emb == "sincos":
-      pos = layers.sincos_2d(gh, gw, self.dim)[None]
-    else:
-      raise ValueError(f"unknown pos_emb {self.pos_emb!r}; choose 'learned' or 'sincos'")
-    x = x + jnp.asarray(pos, self.dtype)
+      x = x + jnp.asarray(layers.sincos_2d(gh, gw, self.dim)[None], self.dtype)
+    elif self.pos_emb != "relative":
+      raise ValueError(f"unknown pos_emb {self.pos_emb!r}; choose 'learned', 'sincos' or "
+                       "'relative'")
 
     if self.pool == "cls":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
@@ -135,8 +137,12 @@ class CustomViT(interface.Model):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     for i, rate in enumerate(layers.drop_path_rates(self.drop_path, self.depth)):
+      bias = None
+      if self.pos_emb == "relative":
+        bias = layers.RelativePositionBias(gh, gw, self.num_heads, cls_token=self.pool == "cls",
+                                           name=f"block{i}_rel_pos")()
       x = layers.EncoderBlock(self.num_heads, self.mlp_ratio, rate, self.dropout, self.lsa,
-                              self.dtype, name=f"block{i}")(x, train)
+                              self.dtype, name=f"block{i}")(x, train, bias)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
     if self.pool == "cls":
       x = x[:, 0]

@@ -171,10 +171,10 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, bias=None):
     y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
     y = SelfAttention(self.num_heads, self.locality, self.dropout, self.dtype,
-                      name="attn")(y, train)
+                      name="attn")(y, train, bias=bias)
     x = x + DropPath(self.drop_path)(y, train)
     y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
@@ -233,15 +233,43 @@ def window_reverse(windows, window: int, h: int, w: int):
   return x.reshape(-1, h, w, c)
 
 
-def relative_position_index(window: int) -> np.ndarray:
-  """(N, N) indices into a ((2*window-1)**2)-row bias table, N = window**2 (Swin, Liu et al. 2021).
+def relative_position_index(h: int, w: Optional[int] = None) -> np.ndarray:
+  """(N, N) indices into a ((2h-1)(2w-1))-row bias table, N = h * w (Swin, Liu et al. 2021).
 
-  Entry [i, j] encodes the 2-D offset between tokens i and j of one window, so all pairs with
-  the same offset share one learned bias per head.
+  Entry [i, j] encodes the 2-D offset between tokens i and j of an h x w grid (a Swin window:
+  h = w = window), so all pairs with the same offset share one learned bias per head.
   """
-  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
-  rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2w-2]
-  return (rel[0] * (2 * window - 1) + rel[1]).astype(np.int32)
+  w = h if w is None else w
+  coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)
+  rel = coords[:, :, None] - coords[:, None, :]           # (2, N, N): dy in [1-h, h-1], dx
+  return ((rel[0] + h - 1) * (2 * w - 1) + rel[1] + w - 1).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """A learned bias per head and 2-D offset over an h x w token grid, for SelfAttention(bias=).
+
+  As in BEiT (Bao et al. 2022): one table ((2h-1)(2w-1) rows, heads) per block, zero at
+  initialisation; with `cls_token` the sequence starts with a class token, whose attention to
+  and from the grid, and to itself, get three rows of their own. Returns (1, heads, N, N).
+  """
+  h: int
+  w: int
+  num_heads: int
+  cls_token: bool = False
+
+  @nn.compact
+  def __call__(self):
+    grid_rows = (2 * self.h - 1) * (2 * self.w - 1)
+    index = relative_position_index(self.h, self.w)
+    if self.cls_token:
+      n = self.h * self.w + 1
+      full = np.empty((n, n), np.int32)
+      full[1:, 1:] = index
+      full[0, 1:], full[1:, 0], full[0, 0] = grid_rows, grid_rows + 1, grid_rows + 2
+      index, grid_rows = full, grid_rows + 3
+    table = self.param("table", nn.initializers.zeros, (grid_rows, self.num_heads))
+    n = index.shape[0]
+    return table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
