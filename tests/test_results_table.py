@@ -92,7 +92,16 @@ def test_cost_file_fills_gflops_by_model_and_size_only(tmp_path, capsys):
   assert rows["resnet18"][5] == "1.500" and rows["resnet18"][6] == "61 @256"
   assert rows["other_size"][5] == "n/a" and rows["other_size"][6] == "n/a"  # 5 != 4 params
   assert rows["densenet121"][5] == "2.500"  # the record's own figure wins
+  # All three at test 0.9: resnet18 (1.5 GFLOPs) is the cheapest known, densenet121 is dominated.
+  assert lines[0].endswith("on the frontier |")
+  assert [rows[n][-1].strip(" |") for n in ("resnet18", "densenet121", "other_size")] == [
+      "yes", "", "-"]
   cost.write_text('{"model": "resnet18"}')
   assert results_table.main(["--mean", f"--cost={cost}", str(runs)]) == 2
   assert "not a list of cost rows" in capsys.readouterr().err
   assert results_table.main([f"--cost={cost}", str(runs)]) == 2  # --cost needs --mean
+
+
+def test_frontier_keeps_the_points_nothing_beats_on_both_axes():
+  points = [(0.90, 0.1), (0.92, 1.0), (0.91, 2.0), (0.92, 1.0), (None, 0.1), (0.95, None)]
+  assert results_table.frontier(points) == [True, True, False, True, None, None]

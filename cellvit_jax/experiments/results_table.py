@@ -23,8 +23,10 @@ show "-" there.
 `--cost=COST.json` (the rows `python -m cellvit_jax.experiments.cost --output=COST.json`
 writes) completes the cost columns: a record without its own GFLOPs takes them from the cost
 row of the same model *and* parameter count (so a variant of another size is never given a
-stranger's figure), and `--mean` adds that row's inference images/s at its largest batch,
-a measurement of the machine that ran `cost` (the table says which).
+stranger's figure); it adds that row's inference images/s at its largest batch, a
+measurement of the machine that ran `cost` (the table says which), and marks the rows on the
+accuracy-vs-cost frontier: no other row reaches at least their mean test accuracy for at
+most their GFLOPs. Needs `--mean`.
 """
 import json
 import statistics
@@ -113,9 +115,19 @@ def _fastest(cost_row: dict) -> str:
   return f"{speeds[batch]:.0f} @{batch}"
 
 
+def frontier(points: Sequence[Tuple[Optional[float], Optional[float]]]) -> List[Optional[bool]]:
+  """For (accuracy, GFLOPs) pairs: is each on the accuracy-vs-cost frontier, i.e. no other
+  point is at least as accurate for at most its GFLOPs and better in one of the two? None
+  where a pair lacks either number."""
+  known = [(a, g) for a, g in points if a is not None and g is not None]
+  return [None if a is None or g is None else not any(
+      a2 >= a and g2 <= g and (a2 > a or g2 < g) for a2, g2 in known) for a, g in points]
+
+
 def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
   """One row per (tag, recipe, FlagLimit): accuracy mean +- std over its seeds; with `cost`
-  (read_cost), missing GFLOPs filled in and a column of inference images/s."""
+  (read_cost), missing GFLOPs filled in, a column of inference images/s and one marking the
+  rows on the test-accuracy-vs-GFLOPs frontier."""
   groups = {}
   for r in records:
     key = (variant(r), r.get("recipe", ""), r["flaglimit"])
@@ -125,7 +137,8 @@ def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
   if cost is not None:
     devices = sorted({str(r.get("host") or r.get("device", "?")) for r in cost.values()})
     head.insert(6, f"inference images/s ({', '.join(devices)})")
-  rows = []
+    head.append("on the frontier")
+  rows, points = [], []
   for (tag, recipe, flaglimit), rs in groups.items():
     seeds = sorted({r["seed"] for r in rs})
     if len(seeds) != len(rs):
@@ -145,6 +158,10 @@ def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
     if cost is not None:
       cells.insert(6, _fastest(cost_row) if cost_row else "n/a")
     rows.append((statistics.mean(val), cells))
+    points.append((statistics.mean(test) if test and len(test) == len(rs) else None, gflops))
+  if cost is not None:
+    for (_, cells), on in zip(rows, frontier(points)):
+      cells.append({None: "-", True: "yes", False: ""}[on])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(cells) + " |" for _, cells in sorted(rows, key=lambda t: -t[0])]
   return "\n".join(lines) + "\n"
