@@ -141,13 +141,22 @@ def main(argv):
   try:
     run(FLAGS.config, FLAGS.workdir)
   except (ValueError, OSError, FloatingPointError) as e:
-    # Bad input: one line naming the input and the fix, no traceback, and the last line
-    # printed: os._exit skips the interpreter shutdown where orbax's background threads
-    # would report the same failure again (every file we write is already atomic).
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)
+    exit_with_error(" ".join(str(e).split()))
+
+
+def exit_with_error(message: str):
+  """Bad input: one line naming the input and the fix, no traceback, and the last line the
+  process writes. A background thread (orbax's checkpoint writer) may still be reporting the
+  same failure, so stderr is pointed at /dev/null first and the line goes to the saved
+  descriptor; os._exit then skips the interpreter shutdown where those threads would report
+  it again (every file we write is already atomic)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.write(saved, f"error: {message}\n".encode())
+  os._exit(2)
 
 
 if __name__ == "__main__":

@@ -362,3 +362,21 @@ def test_a_training_split_without_some_class_is_refused_naming_class_and_split(t
                      r"with another --split_seed"):
     train.train_and_evaluate(_config_for(data_dir, "no_b"), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_error_line_stays_last_while_a_thread_still_writes_to_stderr():
+  """exit_with_error's line is the last one even when a background thread (orbax's writer
+  reporting the same failure) keeps printing: what _main and users read as the error."""
+  code = ("import sys, threading, time\n"
+          "from cellvit_jax import main\n"
+          "def noise():\n"
+          "  while True:\n"
+          "    print('    background report', file=sys.stderr, flush=True)\n"
+          "threading.Thread(target=noise, daemon=True).start()\n"
+          "time.sleep(0.2)\n"
+          "main.exit_with_error('could not write the checkpoint: the fix')\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and "background report" in proc.stderr
+  assert lines[-1] == "error: could not write the checkpoint: the fix"
