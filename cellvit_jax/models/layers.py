@@ -245,6 +245,12 @@ def relative_position_index(h: int, w: Optional[int] = None) -> np.ndarray:
   return ((rel[0] + h - 1) * (2 * w - 1) + rel[1] + w - 1).astype(np.int32)
 
 
+def gather_bias(table, index: np.ndarray):
+  """A (rows, heads) bias table looked up at an (N, N) index: (1, heads, N, N) attention bias."""
+  n = index.shape[0]
+  return table[index.reshape(-1)].reshape(n, n, table.shape[-1]).transpose(2, 0, 1)[None]
+
+
 class RelativePositionBias(nn.Module):
   """A learned bias per head and 2-D offset over an h x w token grid, for SelfAttention(bias=).
 
@@ -267,9 +273,8 @@ class RelativePositionBias(nn.Module):
       full[1:, 1:] = index
       full[0, 1:], full[1:, 0], full[0, 0] = grid_rows, grid_rows + 1, grid_rows + 2
       index, grid_rows = full, grid_rows + 3
-    table = self.param("table", nn.initializers.zeros, (grid_rows, self.num_heads))
-    n = index.shape[0]
-    return table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
+    return gather_bias(self.param("table", nn.initializers.zeros, (grid_rows, self.num_heads)),
+                       index)
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
@@ -311,8 +316,7 @@ class WindowAttention(nn.Module):
       raise ValueError(f"expected {n} tokens per window, got {x.shape[1]}")
     table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
                        ((2 * self.window - 1) ** 2, self.num_heads))
-    index = relative_position_index(self.window)
-    bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
+    bias = gather_bias(table, relative_position_index(self.window))
     # (nW, 1, N, N) + (1, heads, N, N), tiled over the batch (batch-major windows).
     if mask is not None:
       num_windows = mask.shape[0]
