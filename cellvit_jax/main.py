@@ -6,6 +6,7 @@ Any config field can be overridden: --config.dataset.flaglimit=1024. The mode
 import logging as logging_std
 import os
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -149,13 +150,16 @@ def exit_with_error(message: str):
   process writes. A background thread (orbax's checkpoint writer) may still be reporting the
   same failure, so stderr is pointed at /dev/null first and the line goes to the saved
   descriptor; os._exit then skips the interpreter shutdown where those threads would report
-  it again (every file we write is already atomic)."""
+  it again (every file we write is already atomic). Such a thread may also have written half
+  a line (print writes the text and its newline separately) whose newline now goes to
+  /dev/null, so while other threads live the line starts with a newline of its own."""
   sys.stdout.flush()
   sys.stderr.flush()
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
-  os.write(saved, f"error: {message}\n".encode())
+  lead = "\n" if threading.active_count() > 1 else ""
+  os.write(saved, f"{lead}error: {message}\n".encode())
   os._exit(2)
 
 
