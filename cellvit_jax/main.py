@@ -147,17 +147,26 @@ def main(argv):
 
 def exit_with_error(message: str):
   """Bad input: one line naming the input and the fix, no traceback, and the last line the
-  process writes. A background thread (orbax's checkpoint writer) may still be reporting the
-  same failure, so stderr is pointed at /dev/null first and the line goes to the saved
-  descriptor; os._exit then skips the interpreter shutdown where those threads would report
-  it again (every file we write is already atomic). Such a thread may also have written half
-  a line (print writes the text and its newline separately) whose newline now goes to
-  /dev/null, so while other threads live the line starts with a newline of its own."""
+  process writes, starting a line of its own.
+
+  A background thread (orbax's checkpoint writer) may still be reporting the same failure.
+  New Python-level writes go to /dev/null (sys.stderr replaced), and so do C-level ones (fd 2
+  pointed there); flushing the old stream takes its lock, so a write already under way on it
+  (one that looked up fd 2 before the switch, e.g. blocked on a full pipe) finishes first. The
+  line then goes to a saved copy of the old fd, after a newline while other threads live
+  (print writes its text and newline apart, and the newline may now go to /dev/null).
+  os._exit skips the interpreter shutdown where those threads would report it again (every
+  file we write is already atomic)."""
   sys.stdout.flush()
-  sys.stderr.flush()
+  old_stderr = sys.stderr
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
+  sys.stderr = open(devnull, "w", closefd=False)
   os.dup2(devnull, 2)
+  try:
+    old_stderr.flush()
+  except (OSError, ValueError):  # closed or broken: nothing of it can follow our line
+    pass
   lead = "\n" if threading.active_count() > 1 else ""
   os.write(saved, f"{lead}error: {message}\n".encode())
   os._exit(2)
