@@ -7,7 +7,7 @@ or one scalar blur for the whole batch, with method 'conv' or 'matmul'.  Median 
 `--repeats` timed calls after one warm-up (compile) call.  Machines are shared and noisy:
 compare ratios taken in one run.
 
-Part 'eval_step': the blur study's eval step (experiments/blur_study.py, default CustomViT
+Part 'eval_step': the blur study's eval step (modes/blur_study.py, default CustomViT
 of configs/customvit.py, batch 256, 40x40, per-sample sigma ~ U(0, 3)) in three variants,
 each fed by the same grain pipeline over pre-made uint8 batches (the same ReadOptions as
 the training stream, so host work may overlap the step) and sharded onto the device:
@@ -88,13 +88,16 @@ def _scipy_blur_batch(batch, truncate=3.0):
 def eval_step_benchmark(args):
   import grain
 
-  from cellvit_jax import config_file, models, optimizer, parallel, restore, steps
+  from cellvit_jax.config import files as config_files
+  from cellvit_jax import models, parallel
+  from cellvit_jax.engine import optimizer, steps
+  from cellvit_jax.modes import finished_run
   from cellvit_jax.data import datasets
-  from cellvit_jax.experiments import blur_study
+  from cellvit_jax.modes import blur_study
   from cellvit_jax.models import dtypes
 
   batch_size, max_sigma, num_classes = 256, 3.0, 4
-  config = config_file.load("configs/customvit.py")
+  config = config_files.load("configs/customvit.py")
   mesh = parallel.make_mesh()
   model = models.build(config.model.name, num_classes,
                        dtype=dtypes.compute_dtype(config.model.dtype), **config.model.kwargs)
@@ -103,7 +106,8 @@ def eval_step_benchmark(args):
   _, plain_step = steps.make_steps(model, config, schedule, mesh)
   dataset = datasets.CellDataset(name="bench", path="", meta={
       "patch_size": 40, "class_names": [f"c{i}" for i in range(num_classes)], "splits": {}})
-  run = restore.Run(workdir="", config=config, dataset=dataset, model=model, state=state, step=0,
+  run = finished_run.Run(workdir="", config=config, dataset=dataset, model=model, state=state,
+                         step=0,
                     total_steps=0, mesh=mesh)
   fused_step = blur_study.make_blur_eval_step(run, "pre_resize", max_sigma)
 

@@ -4,8 +4,8 @@
     [--calls=3] [--hlo=FILE]
 
 Variants: plain (steps.make_steps' jitted step on a streamed batch), gather (the same step
-behind the on-device gather: dispatch.Dispatcher at k = 1 with resident data), unrollK and
-scanK (dispatch.make_multi_step: K steps unrolled into the entry computation, or a lax.scan
+behind the on-device gather: multistep.StepRunner at k = 1 with resident data), unrollK and
+scanK (multistep.make_multi_step: K steps unrolled into the entry computation, or a lax.scan
 over them). One variant per process, so each compiles cold. --hlo writes the optimised HLO:
 on XLA:CPU, count the convolutions whose dim_labels are not b01f_01io->b01f (those run as
 naive loops; see benchmarks/FINDINGS.md, "loop bodies").
@@ -16,7 +16,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import config_file, dispatch, models, optimizer, parallel, resident, steps
+from cellvit_jax import models, parallel
+from cellvit_jax.config import files as config_files
+from cellvit_jax.data import on_device
+from cellvit_jax.engine import multistep, optimizer, steps
 
 
 def define_flags():
@@ -30,7 +33,7 @@ def define_flags():
 def main(argv):
   del argv
   args = flags.FLAGS
-  config = config_file.load(args.config)
+  config = config_files.load(args.config)
   config.model.dtype = "float32"
   model = models.from_config(config, 4)
   mesh = parallel.make_mesh()
@@ -39,7 +42,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (max(64, 4 * args.batch), 40, 40, 3), dtype=np.uint8)
   labels = rng.integers(0, 4, len(images)).astype(np.int32)
-  data = resident.place(images, labels, mesh)
+  data = on_device.place(images, labels, mesh)
   pure = steps.make_train_step(model, config, schedule)
   key, k = jax.random.key(1), 1
   t0 = time.perf_counter()
@@ -48,13 +51,13 @@ def main(argv):
     batch = parallel.shard_batch({"image": images[:args.batch], "label": labels[:args.batch]}, mesh)
     call_args = (state, batch, key)
   elif args.variant == "gather":
-    fn = dispatch.Dispatcher(None, pure, mesh, 1, data)._train_step
+    fn = multistep.StepRunner(None, pure, mesh, 1, data)._train_step
     index = parallel.shard_batch({"index": np.arange(args.batch, dtype=np.int32)}, mesh)
     call_args = (state, data, index, key)
   elif args.variant.startswith(("unroll", "scan")):
     k = int(args.variant.lstrip("unrolscan"))
-    fn = dispatch.make_multi_step(pure, mesh, k, unroll=args.variant.startswith("unroll"))
-    xs = dispatch.stack_batches(
+    fn = multistep.make_multi_step(pure, mesh, k, unroll=args.variant.startswith("unroll"))
+    xs = multistep.stack_batches(
         [{"index": (np.arange(args.batch) + i).astype(np.int32)} for i in range(k)], mesh)
     call_args = (state, data, xs, key)
   else:

@@ -28,9 +28,13 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from cellvit_jax import config_file, logistic, parallel, probe
+from cellvit_jax import parallel
+from cellvit_jax.config import files as config_files
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import fm_tiny, foundation
+from cellvit_jax.engine import logistic
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import tiny as fm_tiny
+from cellvit_jax.modes import probe
 from cellvit_jax.ops import normalize
 
 FLAGS = flags.FLAGS
@@ -93,7 +97,7 @@ def main(argv):
     weights = fm_tiny.write_tiny("phikon", os.path.join(tmp, "w"), hidden=args.hidden,
                                  depth=args.depth, heads=max(1, args.hidden // 64),
                                  image_size=224, patch_size=16)
-    config = config_file.load("configs/fm.py:phikon,probe")
+    config = config_files.load("configs/fm.py:phikon,probe")
     config.fm.weights = weights
     model = foundation.build(config, 0)
     mesh = parallel.make_mesh()

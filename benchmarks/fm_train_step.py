@@ -22,9 +22,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import config_file, models, optimizer, parallel, steps
+from cellvit_jax import models, parallel
+from cellvit_jax.config import files as config_files
+from cellvit_jax.engine import optimizer, steps
 from cellvit_jax.experiments.cost import xla_flops
-from cellvit_jax.models import fm_tiny
+from cellvit_jax.models.fm import tiny as fm_tiny
 from benchmarks.train_step import matmul_flops_per_sec
 
 # Published sizes (hidden, depth, heads, image, patch) of the presets' backbones.
@@ -57,7 +59,7 @@ def main(argv):
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {a.preset} "
         f"({hidden}x{depth}, patch {patch}, {image}x{image}), batch {a.batch}", flush=True)
   for dtype in a.dtype.split(","):
-    config = config_file.load(f"configs/fm.py:{a.preset},finetune")
+    config = config_files.load(f"configs/fm.py:{a.preset},finetune")
     config.fm.weights = weights
     config.model.dtype = dtype
     model = models.from_config(config, 4)

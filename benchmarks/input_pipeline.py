@@ -8,7 +8,7 @@ Measures, in one run on this machine:
     to uint8 arrays) with config.dataset.cache off (the default: records decoded on every
     read) and on (the FlagLimit subset decoded once into memory; the one-off fill time is
     printed apart and not counted in the rate);
-  * train-step images/s: the jitted CustomViT train step of cellvit_jax.steps at the default
+  * train-step images/s: the jitted CustomViT train step of cellvit_jax.engine.steps at the default
     configs/customvit.py model and optimiser, timed after compilation on a batch already on
     the device (so the pipeline is not in it).
 and prints one comparable line
@@ -60,10 +60,12 @@ def time_train_step(num_classes, image_size, batch, steps):
   import jax
   import numpy as np
 
-  from cellvit_jax import config_file, models, optimizer, parallel
-  from cellvit_jax import steps as steps_lib
+  from cellvit_jax.config import files as config_files
+  from cellvit_jax import models, parallel
+  from cellvit_jax.engine import optimizer
+  from cellvit_jax.engine import steps as steps_lib
   from cellvit_jax.models import dtypes
-  config = config_file.load("configs/customvit.py")
+  config = config_files.load("configs/customvit.py")
   mesh = parallel.make_mesh()
   model = models.build(config.model.name, num_classes,
                        dtype=dtypes.compute_dtype(config.model.dtype), **config.model.kwargs)

@@ -29,7 +29,8 @@ import optax
 from absl import app, flags
 
 from benchmarks import train_step
-from cellvit_jax import optimizer, parallel
+from cellvit_jax import parallel
+from cellvit_jax.engine import optimizer
 from cellvit_jax.models import layers
 
 FLAGS = flags.FLAGS

@@ -90,9 +90,9 @@ def main(argv):
                 else "this tree, on_device=false, steps_per_dispatch=1")
   print(f"current: {current_is}")
   sys.path.insert(0, ROOT)
-  from cellvit_jax import default_config
+  from cellvit_jax.config import defaults as config_defaults
   from cellvit_jax.data import datasets
-  d = default_config.get_config().dataset
+  d = config_defaults.get_config().dataset
   for key, value in DATASET.items():
     node = d
     *parents, leaf = key.split(".")[1:]

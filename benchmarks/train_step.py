@@ -37,17 +37,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import config_file
-from cellvit_jax import models, optimizer, parallel, steps
-from cellvit_jax.models import dtypes as dtypes_lib
+from cellvit_jax import models, parallel
+from cellvit_jax.config import files as config_files
+from cellvit_jax.engine import optimizer, steps
 from cellvit_jax.experiments.cost import xla_flops
+from cellvit_jax.models import dtypes as dtypes_lib
 
 NUM_CLASSES = 4
 IMAGE_SIZE = 40
 
 
 def load(model_name: str):
-  return config_file.load(os.path.join("configs", f"{model_name}.py"))
+  return config_files.load(os.path.join("configs", f"{model_name}.py"))
 
 
 def matmul_flops_per_sec(dtype, n: int, repeats: int = 3) -> float:

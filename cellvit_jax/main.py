@@ -11,8 +11,10 @@ import threading
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cellvit_jax import config_file, parallel, probe, results as results_lib, train
-from cellvit_jax.experiments import blur_study, predict, study
+from cellvit_jax import parallel
+from cellvit_jax.config import files as config_files
+from cellvit_jax.modes import blur_study, predict, probe, study, train
+from cellvit_jax.runs import record as results_lib
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
@@ -99,7 +101,7 @@ def _unknown_override(argv):
   if not config_args:
     return None
   try:
-    config = config_file.load(config_args[-1].split("=", 1)[1])
+    config = config_files.load(config_args[-1].split("=", 1)[1])
   except Exception:  # the config file itself is broken: the original error says more
     return None
   for arg in argv:

@@ -1,4 +1,4 @@
-"""mode=blur: blur robustness of a trained run over a sigma grid (experiments/blur_study.py).
+"""mode=blur: blur robustness of a trained run over a sigma grid (modes/blur_study.py).
 
   python -m cellvit_jax.main --config=configs/blur.py --config.blur.run=runs/customvit
   ... --config.blur.sigmas="(0, 0.25, 0.5, 1, 2)"  --workdir=runs/customvit/blur_fine

@@ -10,7 +10,7 @@ too slow for our short runs.
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

@@ -8,7 +8,7 @@ the ablation. Every architecture switch below is an ablation knob, e.g.
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

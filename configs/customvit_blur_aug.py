@@ -10,11 +10,11 @@ blur-robustness curve (mode=blur, configs/blur.py) with a run of configs/customv
 """
 import os
 
-from cellvit_jax import config_file
+from cellvit_jax.config import files as config_files
 
 
 def get_config():
-  config = config_file.load("customvit.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
+  config = config_files.load("customvit.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
   config.augment.blur.prob = 0.5
   config.augment.blur.sigma_min = 0.0
   config.augment.blur.sigma_max = 1.5

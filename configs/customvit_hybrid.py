@@ -15,11 +15,11 @@ on a 2-core CPU.
 """
 import os
 
-from cellvit_jax import config_file
+from cellvit_jax.config import files as config_files
 
 
 def get_config():
-  config = config_file.load("customvit.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
+  config = config_files.load("customvit.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
   config.model.kwargs.stem_blocks = 1
   config.train.epochs = 30.0
   config.train.eval_every_epochs = config.train.epochs

@@ -6,7 +6,7 @@ each design change gave:
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

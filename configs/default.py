@@ -1,2 +1,2 @@
-"""The shared base config (cellvit_jax/default_config.py), runnable on its own: CustomViT."""
-from cellvit_jax.default_config import get_config  # noqa: F401
+"""The shared base config (cellvit_jax/config/defaults.py), runnable on its own: CustomViT."""
+from cellvit_jax.config.defaults import get_config  # noqa: F401

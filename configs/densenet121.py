@@ -6,7 +6,7 @@ are our choice, not the paper's (Kagiyama et al. do not publish theirs): AdamW a
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

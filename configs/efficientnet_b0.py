@@ -9,7 +9,7 @@ EfficientNet's RMSProp 0.256 at batch 4096.
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

@@ -6,17 +6,17 @@
   python -m cellvit_jax.main --config=configs/fm.py:uni,probe --config.fm.weights=~/fm/uni
 
 The argument is `<preset>,<mode>`: preset phikon | uni | plip | phikon2 | gigapath | uni2 |
-virchow2 | hoptimus0 (models/fm_presets.py); config.fm.weights is a hub id
+virchow2 | hoptimus0 (models/fm/presets.py); config.fm.weights is a hub id
 (owner/name[@revision], fetched into the Hugging Face cache; gated ones need HF_TOKEN)
 or a local directory; mode
 probe (frozen features, cached once, multinomial logistic regression with L2 chosen on
 val) | finetune (the whole model, AdamW with layer-wise lr decay).  These FMs are our
 choice: the paper's are not public (docs/foundation_models.md).  No weights?  Write a
-tiny random checkpoint: python -m cellvit_jax.models.fm_tiny --tiny=phikon --output=DIR.
+tiny random checkpoint: python -m cellvit_jax.models.fm.tiny --tiny=phikon --output=DIR.
 Default workdir: runs/<preset>_<mode>/.
 """
-from cellvit_jax import default_config as default
-from cellvit_jax.models import fm_presets
+from cellvit_jax.config import defaults as default
+from cellvit_jax.models.fm import presets as fm_presets
 
 MODES = ("probe", "finetune")
 

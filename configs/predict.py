@@ -1,6 +1,6 @@
 """mode=predict: a trained run's predictions for a folder or CSV of patches.
 
-The mode is implemented in cellvit_jax/experiments/predict.py.
+The mode is implemented in cellvit_jax/modes/predict.py.
 
   python -m cellvit_jax.main --config=configs/predict.py \
       --config.predict.run=runs/customvit --config.predict.input=my_patches/ --workdir=preds

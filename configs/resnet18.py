@@ -6,7 +6,7 @@ so instead of ResNet's SGD 0.1 we take AdamW at lr 2e-3 (batch 128), weight deca
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

@@ -6,7 +6,7 @@ AdamW at lr 2e-3 (batch 128), weight decay 0.05, in place of ResNet's SGD 0.1.
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

@@ -10,7 +10,7 @@ file, and `config.study.set` applies to every row (the dataset, typically):
   --config.study.flaglimits="(256, 1024)" --config.study.seeds="(0,)"
 
 FM rows: the `fm` argument adds phikon/uni/plip x probe/finetune (configs/fm.py:<fm>,<mode>);
-`fm=uni2,virchow2` adds those presets instead, `fm=all` all eight (models/fm_presets.py).
+`fm=uni2,virchow2` adds those presets instead, `fm=all` all eight (models/fm/presets.py).
 Each row's weights default to its preset's hub id (fetched into the Hugging Face cache;
 gated ones need HF_TOKEN); give a local folder instead with, e.g.
   --config=configs/study.py:fm --config.study.models.uni_probe.set.fm.weights=~/fm/uni
@@ -20,7 +20,7 @@ The grid, seeds and blur grid are our choices; the paper publishes only its Flag
 """
 import ml_collections
 
-from cellvit_jax.models import fm_presets
+from cellvit_jax.models.fm import presets as fm_presets
 
 SMALL_MODELS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
                 "convnext_tiny", "vit_small", "swin_tiny")
@@ -58,7 +58,7 @@ def get_config(arg: str = ""):
       "dataset": {"name": "synthetic_cells", "data_dir": ""},
       "train": {"progress_bar": False, "epochs": 15.0},
   })
-  study.parallel = "data"                  # "data" | "cells" (see experiments/study.py)
+  study.parallel = "data"                  # "data" | "cells" (see modes/study.py)
   study.worker = ""                        # "k/n" for parallel="cells"; "" -> $CELLVIT_WORKER
   study.max_cells = 0                      # stop after this many cells in this invocation (0: all)
   study.blur = ml_collections.ConfigDict(dict(

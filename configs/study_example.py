@@ -13,12 +13,13 @@ import os
 
 import ml_collections
 
-from cellvit_jax import config_file, default_config
+from cellvit_jax.config import defaults as config_defaults
+from cellvit_jax.config import files as config_files
 
 
 def get_config():
   # configs/study.py, found next to this file whatever the working directory.
-  config = config_file.load("study.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
+  config = config_files.load("study.py", base_dir=os.path.dirname(os.path.abspath(__file__)))
   study = config.study
   study.models = ml_collections.ConfigDict({
       "customvit": {"config": "configs/customvit.py", "set": {}},
@@ -27,7 +28,7 @@ def get_config():
   })
   study.flaglimits = (256, 512)
   study.seeds = (0,)
-  synthetic = default_config.get_config().dataset.synthetic.to_dict()
+  synthetic = config_defaults.get_config().dataset.synthetic.to_dict()
   synthetic.update(num_specimens=40, cells_per_specimen=400, val_specimens=4, test_specimens=4)
   study.set = ml_collections.ConfigDict({
       "dataset": {"name": "synthetic_cells_demo", "data_dir": "", "synthetic": synthetic},

@@ -12,7 +12,7 @@ A three-stage variant (20 -> 10 -> 5, dropping the 3x3 stage):
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

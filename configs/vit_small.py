@@ -7,7 +7,7 @@ epochs; transformers trained from scratch like a lower rate and a longer warmup 
 """
 import ml_collections
 
-from cellvit_jax import default_config as default
+from cellvit_jax.config import defaults as default
 
 
 def get_config():

@@ -47,7 +47,7 @@ TRAINED_RUN = {"train.epochs": 30.0, "train.log_every_steps": 16, "train.eval_ev
 @pytest.fixture(scope="session")
 def tiny_trained_run(tiny_data_dir, tmp_path_factory):
   """Workdir of a finished tiny CustomViT run, trained once per session and shared."""
-  from cellvit_jax import train
+  from cellvit_jax.modes import train
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   results = train.train_and_evaluate(tiny_config(tiny_data_dir, **TRAINED_RUN), workdir)
   assert results["finished"]
@@ -81,8 +81,8 @@ def apply_overrides(config, overrides):
 
 
 def tiny_config(data_dir, **extra):
-  from cellvit_jax import default_config
-  return apply_overrides(default_config.get_config(), tiny_overrides(data_dir, **extra))
+  from cellvit_jax.config import defaults as config_defaults
+  return apply_overrides(config_defaults.get_config(), tiny_overrides(data_dir, **extra))
 
 
 def as_flags(overrides):

@@ -4,7 +4,7 @@ import os
 import ml_collections
 
 from conftest import REPO, TINY_SPEC
-from cellvit_jax import config_file
+from cellvit_jax.config import files as config_files
 
 # Tiny versions of two rows: the per-model architecture overrides go in each row's `set`.
 TINY_ROWS = {
@@ -17,7 +17,7 @@ TINY_ROWS = {
 
 def tiny_study_config(data_dir, rows=("customvit", "resnet18"), flaglimits=(32, 64), seeds=(0,),
                       **study_fields):
-  config = config_file.load(os.path.join(REPO, "configs", "study.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "study.py"))
   config.study.models = ml_collections.ConfigDict({r: TINY_ROWS[r] for r in rows})
   config.study.flaglimits = tuple(flaglimits)
   config.study.seeds = tuple(seeds)

@@ -9,10 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from cellvit_jax import models, optimizer, parallel, steps, stored_config, train
-from cellvit_jax import workdir as workdir_lib
-from cellvit_jax.ops import augment as augment_ops
+from cellvit_jax import models, parallel
+from cellvit_jax.engine import optimizer, steps
+from cellvit_jax.modes import train
 from cellvit_jax.ops import color, dihedral, normalize
+from cellvit_jax.ops import augment as augment_ops
+from cellvit_jax.runs import stored_config
+from cellvit_jax.runs import workdir as workdir_lib
 from conftest import tiny_config
 
 NEW_KEYS = ("hed", "color", "mixup_alpha", "cutmix_alpha")

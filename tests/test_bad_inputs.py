@@ -17,8 +17,9 @@ import sys
 
 import pytest
 
-from cellvit_jax import default_config, train
+from cellvit_jax.config import defaults as config_defaults
 from cellvit_jax.data import datasets, synthetic_cells, tfds_writer
+from cellvit_jax.modes import train
 from conftest import REPO, TINY_SPEC, as_flags, tiny_config, tiny_overrides
 
 
@@ -117,14 +118,14 @@ def test_file_size_limit_while_checkpointing(tiny_data_dir, tmp_path):
                    preexec_fn=small_disk)
   assert rc == 2 and line.startswith("error: could not write the checkpoint"), line
   assert "file-size limit" in line and "disk is full" not in line and "free disk space" not in line
-  from cellvit_jax import checkpoint
+  from cellvit_jax.runs import checkpoint
   assert checkpoint.Checkpointer(str(workdir)).latest_step() is None
 
 
 def test_checkpoint_write_error_says_disk_full_only_when_it_is(tmp_path, monkeypatch):
   import collections
   import errno
-  from cellvit_jax import checkpoint
+  from cellvit_jax.runs import checkpoint
   d = str(tmp_path)
   try:  # the real chain: orbax wraps the OSError of the write
     try:
@@ -235,7 +236,7 @@ def test_other_config_in_a_finished_workdir_changes_nothing(finished_workdir, ti
 
 def test_workdir_that_cannot_be_created():
   with pytest.raises(ValueError, match="cannot create --workdir"):
-    train.train_and_evaluate(default_config.get_config(), "/proc/cellvit_run")
+    train.train_and_evaluate(config_defaults.get_config(), "/proc/cellvit_run")
 
 
 def _write(data_dir, name, splits, **kw):
@@ -259,7 +260,7 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
   data_dir = str(tmp_path / "data")
   _write(data_dir, "leaky", {"train": [("s1", 0), ("s1", 1), ("s2", 0), ("s2", 1)],
                              "val": [("s3", 0), ("s3", 1)], "test": [("s1", 0), ("s4", 1)]})
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   config.dataset.name, config.dataset.data_dir = "leaky", data_dir
   for k, v in tiny_overrides(data_dir).items():
     if k.startswith("model.") or k.startswith("train."):
@@ -273,9 +274,10 @@ def test_shared_specimen_between_splits_is_refused_with_names(tmp_path):
                                        r"e.g. \{'s1': \['train', 'test'\]\}"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   # The linear probe fits on the training split too: the same guard.
-  from cellvit_jax import config_file, probe
-  from cellvit_jax.models import fm_tiny
-  fm = config_file.load(os.path.join(REPO, "configs", "fm.py:phikon,probe"))
+  from cellvit_jax.config import files as config_files
+  from cellvit_jax.modes import probe
+  from cellvit_jax.models.fm import tiny as fm_tiny
+  fm = config_files.load(os.path.join(REPO, "configs", "fm.py:phikon,probe"))
   fm.fm.weights = fm_tiny.write_tiny("phikon", str(tmp_path / "phikon"))
   fm.dataset.name, fm.dataset.data_dir = "leaky", data_dir
   with pytest.raises(ValueError, match=r"1 specimen\(s\) in more than one split"):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellvit_jax.ops import augment
-from cellvit_jax.ops import blur
+from cellvit_jax.ops import augment, blur
 
 SIGMAS = (0.3, 0.5, 1.0, 1.5, 2.0, 3.0)
 METHODS = ("conv", "matmul")

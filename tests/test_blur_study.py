@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import config_file, main, models, restore, steps, train
-from cellvit_jax.experiments import blur_study
+from cellvit_jax import main, models
+from cellvit_jax.config import files as config_files
+from cellvit_jax.engine import steps
+from cellvit_jax.modes import blur_study, finished_run, train
 from cellvit_jax.ops import augment, blur
 from conftest import REPO, apply_overrides, tiny_config, tiny_overrides
 
@@ -19,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _blur_config(run_dir, **blur):
-  config = config_file.load(os.path.join(REPO, "configs", "blur.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "blur.py"))
   config.blur.run = run_dir
   for k, v in blur.items():
     config.blur[k] = v
@@ -53,7 +55,7 @@ def test_preprocess_blur_augmentation_blurs_after_flips(tiny_data_dir):
 
 
 def test_blur_aug_config_trains(tiny_data_dir, tmp_path):
-  config = config_file.load(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
   assert config.augment.blur.prob > 0
   config = apply_overrides(config, tiny_overrides(tiny_data_dir, **{"train.epochs": 0.0,
                                                                      "train.steps": 2}))
@@ -73,7 +75,7 @@ def test_bad_blur_aug_config_is_refused_before_writing(tiny_data_dir, tmp_path):
 # --- load_run --------------------------------------------------------------------------
 
 def test_load_run_restores_the_final_state(trained_run):
-  run = restore.load_run(trained_run)
+  run = finished_run.load_run(trained_run)
   assert run.step == run.total_steps == 480
   assert run.input_size == run.native_size == 40
   assert run.config.augment.blur.prob == 0.0
@@ -99,8 +101,8 @@ def test_workdir_without_a_finished_run_is_a_clear_error(tiny_data_dir, tmp_path
   train.train_and_evaluate(tiny_config(tiny_data_dir, **{"train.epochs": 0.0, "train.steps": 2,
                                                          "train.max_steps_per_run": 1}), unfinished)
   with pytest.raises(FileNotFoundError, match=r"unfinished.*step 1 of 2.*rerun"):
-    restore.load_run(unfinished)
-  assert restore.load_run(unfinished, allow_unfinished=True).step == 1
+    finished_run.load_run(unfinished)
+  assert finished_run.load_run(unfinished, allow_unfinished=True).step == 1
 
 
 # --- mode=blur -------------------------------------------------------------------------
@@ -165,7 +167,7 @@ def test_cli_refuses_negative_sigma_in_one_line(tmp_path):
 
 
 @dataclasses.dataclass
-class _UpsampledRun(restore.Run):
+class _UpsampledRun(finished_run.Run):
   """The tiny run behind a 2x upsampling: input 80x80, pooled back to 40 for the model.
 
   Stands in for an FM run (input 224) to exercise the post-resize placement."""
@@ -177,8 +179,8 @@ class _UpsampledRun(restore.Run):
 
 
 def test_post_resize_differs_and_scales_sigma(trained_run, tmp_path):
-  base = restore.load_run(trained_run)
-  run = _UpsampledRun(**{f.name: getattr(base, f.name) for f in dataclasses.fields(restore.Run)
+  base = finished_run.load_run(trained_run)
+  run = _UpsampledRun(**{f.name: getattr(base, f.name) for f in dataclasses.fields(finished_run.Run)
                          if f.name not in ("input_size", "_logits_fn")}, input_size=80)
   assert run.resize(jnp.zeros((2, 40, 40, 3))).shape == (2, 80, 80, 3)
   result = blur_study.study(run, (0.0, 1.0, 2.0))
@@ -196,7 +198,7 @@ def test_post_resize_differs_and_scales_sigma(trained_run, tmp_path):
 
 
 def test_runs_recorded_before_blur_augmentation_still_resume(tiny_data_dir):
-  from cellvit_jax import workdir as workdir_lib
+  from cellvit_jax.runs import workdir as workdir_lib
   new = tiny_config(tiny_data_dir).to_dict()
   old = json.loads(json.dumps(new))
   del old["augment"]["blur"]

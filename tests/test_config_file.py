@@ -1,31 +1,31 @@
-"""config_file.load, the one config loader: paths from the working directory or explicit, never
+"""config_files.load, the one config loader: paths from the working directory or explicit, never
 from where the package lives; configs deriving from a sibling find it from any directory."""
 import os
 
 import pytest
 
-from cellvit_jax import config_file
+from cellvit_jax.config import files as config_files
 from conftest import REPO
 
 
 def test_relative_paths_read_from_the_working_directory_or_base_dir(tmp_path, monkeypatch):
   (tmp_path / "mine.py").write_text("def get_config(arg=''):\n  return {'arg': arg}\n")
   monkeypatch.chdir(tmp_path)
-  assert config_file.load("mine.py") == {"arg": ""}
-  assert config_file.load("mine.py:uni,probe") == {"arg": "uni,probe"}
+  assert config_files.load("mine.py") == {"arg": ""}
+  assert config_files.load("mine.py:uni,probe") == {"arg": "uni,probe"}
   monkeypatch.chdir(REPO)
   with pytest.raises(FileNotFoundError,
                      match=f"'mine.py' not found.*{os.path.join(REPO, 'mine.py')}"):
-    config_file.load("mine.py")
-  assert config_file.load("mine.py:x", base_dir=str(tmp_path)) == {"arg": "x"}
+    config_files.load("mine.py")
+  assert config_files.load("mine.py:x", base_dir=str(tmp_path)) == {"arg": "x"}
   # An absolute path ignores base_dir.
-  assert config_file.load(f"{tmp_path}/mine.py", base_dir="/nonexistent") == {"arg": ""}
+  assert config_files.load(f"{tmp_path}/mine.py", base_dir="/nonexistent") == {"arg": ""}
 
 
 def test_derived_configs_load_from_any_working_directory(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # no configs/ here
-  blur_aug = config_file.load(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
+  blur_aug = config_files.load(os.path.join(REPO, "configs", "customvit_blur_aug.py"))
   assert blur_aug.model.name == "customvit" and blur_aug.augment.blur.prob == 0.5
-  example = config_file.load(os.path.join(REPO, "configs", "study_example.py"))
+  example = config_files.load(os.path.join(REPO, "configs", "study_example.py"))
   assert example.mode == "study" and sorted(example.study.models) == ["customvit", "resnet18_w16"]
-  assert config_file.load(os.path.join(REPO, "configs", "fm.py:uni,probe")).mode == "probe"
+  assert config_files.load(os.path.join(REPO, "configs", "fm.py:uni,probe")).mode == "probe"

@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from cellvit_jax import default_config
+from cellvit_jax.config import defaults as config_defaults
 from cellvit_jax.experiments import cost
 
 
 def _config(depth):
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   # The linear patch tokenizer: the FLOPs then come almost all from the encoder blocks.
   config.model.kwargs.update(dict(dim=32, depth=depth, num_heads=2, patch_size=8,
                                   tokenizer="patch"))

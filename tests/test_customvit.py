@@ -8,7 +8,8 @@ import numpy as np
 import jax.numpy as jnp
 import pytest
 
-from cellvit_jax import config_file, models
+from cellvit_jax import models
+from cellvit_jax.config import files as config_files
 from cellvit_jax.models import customvit
 from conftest import REPO
 
@@ -23,7 +24,7 @@ def _params(model):
 
 
 def test_customvit_parameter_count():
-  config = config_file.load(os.path.join(REPO, "configs", "customvit.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "customvit.py"))
   model = models.build("customvit", 4, **config.model.kwargs)
   assert _params(model) == CUSTOMVIT_PARAMS
 
@@ -184,8 +185,8 @@ def test_stem_impl_changes_the_computation_not_the_parameters():
 
 
 def test_customvit_runs_recorded_before_the_stem_switches_still_resume():
-  from cellvit_jax import workdir as workdir_lib
-  new = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  from cellvit_jax.runs import workdir as workdir_lib
+  new = config_files.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
   old = json.loads(json.dumps(new))
   del old["model"]["kwargs"]["stem_full_res"], old["model"]["kwargs"]["stem_impl"]
   assert workdir_lib.config_differences(old, new) == []  # absent meant True; impl is how only
@@ -195,7 +196,7 @@ def test_customvit_runs_recorded_before_the_stem_switches_still_resume():
 
 def test_reported_gflops_do_not_depend_on_the_stem_impl():
   from cellvit_jax.experiments import export_rows
-  config = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  config = config_files.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
   flops = {}
   for impl in ("conv", "matmul"):
     config["model"]["kwargs"]["stem_impl"] = impl
@@ -243,15 +244,15 @@ def test_bad_stem_blocks_are_refused(kwargs):
 
 
 def test_hybrid_config_is_the_default_with_stem_blocks_and_the_comparison_length():
-  base = config_file.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
-  hybrid = config_file.load(os.path.join(REPO, "configs", "customvit_hybrid.py")).to_dict()
+  base = config_files.load(os.path.join(REPO, "configs", "customvit.py")).to_dict()
+  hybrid = config_files.load(os.path.join(REPO, "configs", "customvit_hybrid.py")).to_dict()
   assert hybrid["model"]["kwargs"].pop("stem_blocks") == 1
   assert base["model"]["kwargs"].pop("stem_blocks") == 0
   assert hybrid["train"].pop("epochs") == 30.0 and hybrid["train"].pop("eval_every_epochs") == 30
   for config in (base, hybrid):
     config["train"].pop("epochs", None), config["train"].pop("eval_every_epochs", None)
   assert hybrid == base
-  model = models.build("customvit", 4, **config_file.load(
+  model = models.build("customvit", 4, **config_files.load(
       os.path.join(REPO, "configs", "customvit_hybrid.py")).model.kwargs)
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))

@@ -4,7 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from cellvit_jax import models, optimizer, parallel, restore, steps, stored_config, train
+from cellvit_jax import models, parallel
+from cellvit_jax.engine import optimizer, steps
+from cellvit_jax.modes import finished_run, train
+from cellvit_jax.runs import stored_config
 from conftest import tiny_config
 
 
@@ -112,5 +115,5 @@ def test_an_interrupted_run_keeps_its_average(tiny_data_dir, tmp_path):
   assert not first["finished"]
   second = train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), parted)
   assert second["finished"] and second["test"] == whole["test"]
-  run = restore.load_run(parted)
+  run = finished_run.load_run(parted)
   assert isinstance(run.state, steps.EmaTrainState)

@@ -4,12 +4,12 @@ import json
 import pytest
 from absl import flags
 
-from cellvit_jax import default_config
+from cellvit_jax.config import defaults as config_defaults
 from cellvit_jax.experiments import export_rows
 
 
 def _run(tmp_path, name="run", seed=0):
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   config.model.kwargs.update(dict(dim=16, depth=1, num_heads=2))
   record = {"finished": True, "model": "customvit", "dataset": "d", "flaglimit": 8, "seed": seed,
             "train_examples": 16, "train_counts": {"a": 8, "b": 8}, "num_params": 123,

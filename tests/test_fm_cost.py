@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cellvit_jax.experiments import fm_cost
-from cellvit_jax.models import fm_presets
+from cellvit_jax.models.fm import presets as fm_presets
 from conftest import REPO
 
 # Published sizes (model cards / papers), millions of parameters of the image encoder.

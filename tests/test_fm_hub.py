@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax.models import fm_tiny
+from cellvit_jax.models.fm import tiny as fm_tiny
 from conftest import REPO, as_flags
 from hub_server import FakeHub, Repo
 from test_foundation_modes import fm_overrides
@@ -37,7 +37,7 @@ def hub(tmp_path_factory):
   v2_new = _files(fm_tiny.write_tiny("virchow2", str(base / "v2b"), seed=2))
   phikon = _files(fm_tiny.write_tiny("phikon", str(base / "ph")))
   torch = pytest.importorskip("torch")
-  from cellvit_jax.models import fm_weights
+  from cellvit_jax.models.fm import weights as fm_weights
   state = fm_weights.read_safetensors(os.path.join(base / "v2a", "model.safetensors"))
   buf = io.BytesIO()
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, buf)

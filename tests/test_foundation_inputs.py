@@ -9,8 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from cellvit_jax import config_file, feature_cache
-from cellvit_jax.models import convert, fm_tiny, fm_weights, foundation
+from cellvit_jax.config import files as config_files
+from cellvit_jax.models.fm import convert, foundation
+from cellvit_jax.models.fm import tiny as fm_tiny
+from cellvit_jax.models.fm import weights as fm_weights
+from cellvit_jax.modes import feature_cache
 from conftest import REPO
 
 
@@ -21,7 +24,7 @@ def weights(tmp_path_factory):
 
 
 def _config(spec, weights_dir, **fm):
-  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_files.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   config.fm.weights = weights_dir
   for k, v in fm.items():
     config.fm[k] = v
@@ -95,7 +98,7 @@ def test_missing_and_empty_weights(tmp_path):
   (tmp_path / "bin").mkdir()
   (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"x")
   with pytest.raises(FileNotFoundError, match=r"no model.safetensors or flax_model.msgpack.*"
-                                              r"cellvit_jax.models.convert --from=timm"):
+                                              r"cellvit_jax.models.fm.convert --from=timm"):
     _build("uni,probe", str(tmp_path / "bin"))
 
 
@@ -186,9 +189,9 @@ def test_tiny_writer_config_is_the_published_layout(weights):
 
 
 def test_runs_recorded_before_config_fm_still_resume():
-  from cellvit_jax import default_config
-  from cellvit_jax import workdir as workdir_lib
-  new = default_config.get_config().to_dict()
+  from cellvit_jax.config import defaults as config_defaults
+  from cellvit_jax.runs import workdir as workdir_lib
+  new = config_defaults.get_config().to_dict()
   old = json.loads(json.dumps(new))
   del old["fm"]
   assert workdir_lib.config_differences(old, new) == []
@@ -197,8 +200,9 @@ def test_runs_recorded_before_config_fm_still_resume():
 
 
 def test_importing_the_library_does_not_import_transformers():
-  code = ("import sys; import cellvit_jax.main, cellvit_jax.train, cellvit_jax.restore, "
-          "cellvit_jax.probe, cellvit_jax.models, cellvit_jax.models.foundation; "
+  code = ("import sys; import cellvit_jax.main, cellvit_jax.modes.train, "
+          "cellvit_jax.modes.finished_run, "
+          "cellvit_jax.modes.probe, cellvit_jax.models, cellvit_jax.models.fm.foundation; "
           "from cellvit_jax import models; models.get_class('customvit'); "
           "print('transformers' in sys.modules, 'torch' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -220,7 +224,7 @@ def test_unknown_preset_on_the_command_line_is_one_clear_line():
 
 def test_convert_cli_writes_a_transformers_dir_and_names_a_bad_format(weights, tmp_path):
   def convert_cli(*flags):
-    return subprocess.run([sys.executable, "-m", "cellvit_jax.models.convert", *flags], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cellvit_jax.models.fm.convert", *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": REPO})
   out = convert_cli("--from=timm", f"--input={weights['uni']}", f"--output={tmp_path / 'hf'}")

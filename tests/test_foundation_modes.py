@@ -11,9 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import config_file, main, optimizer, probe, probe_head, restore
+from cellvit_jax import main
+from cellvit_jax.config import files as config_files
 from cellvit_jax.data import pipeline
-from cellvit_jax.models import fm_tiny, foundation
+from cellvit_jax.engine import optimizer
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import tiny as fm_tiny
+from cellvit_jax.modes import finished_run, probe, probe_head
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
 
 
@@ -32,7 +36,7 @@ def fm_overrides(data_dir, weights, cache_dir, **extra):
 
 
 def fm_config(spec, data_dir, weights, cache_dir, **extra):
-  config = config_file.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
+  config = config_files.load(os.path.join(REPO, "configs", f"fm.py:{spec}"))
   return apply_overrides(config, fm_overrides(data_dir, weights, cache_dir, **extra))
 
 
@@ -67,7 +71,7 @@ def finetune_run(tiny_data_dir, weights, tmp_path_factory):
   config = lambda **o: fm_config("phikon,finetune", tiny_data_dir, weights["phikon"],
                                  str(base / "cache"), **o)
   main.run(config(**{"train.max_steps_per_run": 2}), workdir)
-  from cellvit_jax import checkpoint
+  from cellvit_jax.runs import checkpoint
   ckpt = checkpoint.Checkpointer(workdir)
   stopped_at = ckpt.latest_step()
   ckpt.close()
@@ -79,7 +83,7 @@ def finetune_run(tiny_data_dir, weights, tmp_path_factory):
 
 def test_probe_through_main_with_tiny_cli_checkpoint(tiny_data_dir, tmp_path):
   w = str(tmp_path / "uni weights")
-  out = _main(["cellvit_jax.models.fm_tiny", "--tiny=uni", f"--output={w}"])
+  out = _main(["cellvit_jax.models.fm.tiny", "--tiny=uni", f"--output={w}"])
   assert out.returncode == 0, out.stderr
   assert sorted(os.listdir(w)) == ["config.json", "model.safetensors"]  # timm, as UNI ships
   workdir = str(tmp_path / "run")
@@ -103,7 +107,7 @@ def test_finetune_through_main_starts_from_weights_and_resumes(finetune_run, wei
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     train_steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
   assert train_steps == [2, 4]  # continued from the checkpoint, not restarted
-  run = restore.load_run(workdir)
+  run = finished_run.load_run(workdir)
   assert run.input_size == 32 and run.resize_method == "bilinear"
   config = fm_config("phikon,finetune", tiny_data_dir, weights["phikon"], "")
   published = foundation.pretrained_backbone(config, run.model)
@@ -136,7 +140,7 @@ def test_feature_cache_hit_and_invalidation(tiny_data_dir, weights, tmp_path):
 def test_probe_head_reproduces_probe_metrics_through_load_run(probe_run):
   with open(os.path.join(probe_run, "results.json")) as f:
     results = json.load(f)
-  run = restore.load_run(probe_run)
+  run = finished_run.load_run(probe_run)
   assert (run.native_size, run.input_size) == (40, 32)
   images, labels = pipeline.load_arrays(run.dataset.source("test"),
                                         range(len(run.dataset.labels("test"))))
@@ -148,7 +152,7 @@ def test_probe_head_reproduces_probe_metrics_through_load_run(probe_run):
 def test_blur_mode_runs_on_fm_runs(which, request, tmp_path):
   run_dir = request.getfixturevalue(which)
   run_dir = run_dir if isinstance(run_dir, str) else run_dir[0]
-  config = config_file.load(os.path.join(REPO, "configs", "blur.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "blur.py"))
   config.blur.run = run_dir
   config.blur.sigmas = (0.0, 1.5)
   main.run(config, str(tmp_path / "blur"))

@@ -14,7 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from cellvit_jax.models import convert, fm_presets, fm_tiny, fm_weights, foundation  # noqa: E402
+from cellvit_jax.models.fm import convert, foundation  # noqa: E402
+from cellvit_jax.models.fm import presets as fm_presets  # noqa: E402
+from cellvit_jax.models.fm import tiny as fm_tiny  # noqa: E402
+from cellvit_jax.models.fm import weights as fm_weights  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 TOL = 1e-4

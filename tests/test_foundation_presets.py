@@ -8,8 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from cellvit_jax import main, restore
-from cellvit_jax.models import fm_presets, fm_tiny, foundation
+from cellvit_jax import main
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.models.fm import tiny as fm_tiny
+from cellvit_jax.modes import finished_run
 from test_foundation_modes import _main, fm_config, fm_overrides
 from conftest import as_flags
 
@@ -41,7 +44,7 @@ def test_probe_through_the_command_line(preset, weights, tiny_data_dir, tmp_path
   width = 64 if fm_presets.get(preset).feature == "cls_mean" else 32
   assert results["feature_dim"] == width
   assert 0.0 <= results["test"]["accuracy"] <= 1.0
-  run = restore.load_run(workdir)
+  run = finished_run.load_run(workdir)
   assert run.input_size == (224 if preset == "phikon2" else 32)  # phikon2 runs the published 224
 
 
@@ -54,7 +57,7 @@ def test_finetune_starts_from_the_checkpoint(preset, weights, tiny_data_dir, tmp
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results["finished"] and results["step"] == 2 and results["config"]["mode"] == "finetune"
-  run = restore.load_run(workdir)
+  run = finished_run.load_run(workdir)
   published = foundation.pretrained_backbone(config, run.model)
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                       run.state.params["backbone"], published)

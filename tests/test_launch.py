@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from cellvit_jax.experiments import study_grid
+from cellvit_jax.modes import study_grid
 from conftest import REPO
 from study_helpers import tiny_study_config, write_cli_config
 

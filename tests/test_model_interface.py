@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from cellvit_jax import default_config, models, optimizer, steps
+from cellvit_jax import models
+from cellvit_jax.config import defaults as config_defaults
+from cellvit_jax.engine import optimizer, steps
 from cellvit_jax.models import interface
 
 
@@ -24,7 +26,7 @@ class _TwoLayers(interface.Model):
 
 
 def _optim(**kw):
-  optim = ml_collections.ConfigDict(dict(default_config.get_config().optim))
+  optim = ml_collections.ConfigDict(dict(config_defaults.get_config().optim))
   optim.update(kw)
   return optim
 
@@ -53,7 +55,7 @@ def test_task_models_decay_matrices_only_and_use_one_learning_rate():
 
 
 def test_the_step_normalises_only_for_models_that_do_not_normalise_themselves():
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   x = jnp.full((1, 4, 4, 3), 0.5)
 
   class SelfNormalising(_TwoLayers):

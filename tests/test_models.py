@@ -17,9 +17,9 @@ import numpy as np
 import optax
 import pytest
 
-from cellvit_jax import config_file, models
-from cellvit_jax.models import layers
-from cellvit_jax.models import swin
+from cellvit_jax import models
+from cellvit_jax.config import files as config_files
+from cellvit_jax.models import layers, swin
 from conftest import REPO
 
 # 'params' collection of the default architecture at num_classes=4 (the paper's four
@@ -135,7 +135,7 @@ def test_model(name):
 
 @pytest.mark.parametrize("name", models.names())
 def test_config_builds_its_model(name):
-  config = config_file.load(os.path.join(REPO, "configs", f"{name}.py"))
+  config = config_files.load(os.path.join(REPO, "configs", f"{name}.py"))
   assert config.model.name == name
   # build rejects unknown kwargs.
   model = models.build(config.model.name, num_classes=4, **config.model.kwargs)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import fixtures
-from cellvit_jax import config_file, restore
+from cellvit_jax.config import files as config_files
 from cellvit_jax.data import patch_files, pipeline
-from cellvit_jax.experiments import predict
+from cellvit_jax.modes import finished_run, predict
 from conftest import REPO
 
 
@@ -23,7 +23,7 @@ def _read(path):
 
 @pytest.fixture(scope="module")
 def run(tiny_trained_run):
-  return restore.load_run(tiny_trained_run)
+  return finished_run.load_run(tiny_trained_run)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_folder(run, tmp_path_factory):
 
 def test_folder_predictions_match_evaluation(run, test_folder, tiny_trained_run, tmp_path):
   root, images, labels = test_folder
-  config = config_file.load(os.path.join(REPO, "configs", "predict.py"))
+  config = config_files.load(os.path.join(REPO, "configs", "predict.py"))
   config.predict.run, config.predict.input, config.predict.batch_size = tiny_trained_run, root, 48
   path = predict.run_mode(config, str(tmp_path / "out"))
   rows = _read(path)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cellvit_jax import checkpoint
+from cellvit_jax.runs import checkpoint
 from conftest import REPO, as_flags, tiny_overrides
 
 # Three epochs of 16 steps, a checkpoint every epoch, logs every step: a kill lands mid-epoch.
@@ -206,7 +206,7 @@ def test_jax_distributed_job_on_a_busy_workdir_stops_every_process(tiny_data_dir
 
 
 def test_lock_takeover_rules_and_release(tmp_path, caplog):
-  from cellvit_jax import workdir_lock
+  from cellvit_jax.runs import lock as workdir_lock
   d = str(tmp_path)
   path = os.path.join(d, ".lock")
   dead = subprocess.Popen(["true"])
@@ -258,8 +258,8 @@ def test_lock_takeover_rules_and_release(tmp_path, caplog):
 
 
 def test_study_workers_lock_apart_and_a_second_copy_of_one_is_refused(tiny_data_dir, tmp_path):
-  from cellvit_jax import workdir_lock
-  from cellvit_jax.experiments import study
+  from cellvit_jax.runs import lock as workdir_lock
+  from cellvit_jax.modes import study
   from study_helpers import tiny_study_config
   names = [study.lock_name(tiny_study_config(tiny_data_dir, parallel="cells", worker=w).study)
            for w in ("0/2", "1/2")]

@@ -7,7 +7,8 @@ import os
 import ml_collections
 import pytest
 
-from cellvit_jax.experiments import report, study, study_grid
+from cellvit_jax.experiments import report
+from cellvit_jax.modes import study, study_grid
 from conftest import REPO
 from study_helpers import tiny_study_config
 

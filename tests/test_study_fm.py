@@ -8,9 +8,11 @@ import ml_collections
 import pytest
 
 import fixtures
-from cellvit_jax import config_file, main
-from cellvit_jax.experiments import predict, report, study
-from cellvit_jax.models import fm_tiny
+from cellvit_jax import main
+from cellvit_jax.config import files as config_files
+from cellvit_jax.experiments import report
+from cellvit_jax.models.fm import tiny as fm_tiny
+from cellvit_jax.modes import predict, study
 from conftest import REPO
 from study_helpers import tiny_study_config
 
@@ -52,7 +54,7 @@ def test_fm_probe_and_finetune_rows(tiny_data_dir, tmp_path):
   for i in range(3):
     fixtures.save(str(tmp_path / "new" / f"c{i}.png"), fixtures.patch(i))
   for row in ("phikon_probe", "phikon_finetune"):
-    p = config_file.load(os.path.join(REPO, "configs", "predict.py"))
+    p = config_files.load(os.path.join(REPO, "configs", "predict.py"))
     p.predict.run = os.path.join(study_dir, "runs", row, "fl32", "seed0")
     p.predict.input = str(tmp_path / "new")
     with open(predict.run_mode(p, str(tmp_path / row))) as f:

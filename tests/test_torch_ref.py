@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_ref  # noqa: E402
-from cellvit_jax import config_file, models  # noqa: E402
+from cellvit_jax.config import files as config_files  # noqa: E402
+from cellvit_jax import models  # noqa: E402
 from conftest import REPO  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def test_parameter_count_matches_flax(name):
 @pytest.mark.parametrize("name", ["customvit", "resnet18", "vit_small", "resnet50"])
 def test_builds_from_the_shipped_config(name):
   """The benchmark builds the port with configs/<name>.py's model kwargs."""
-  config = config_file.load(os.path.join(REPO, "configs", f"{name}.py"))
+  config = config_files.load(os.path.join(REPO, "configs", f"{name}.py"))
   _, flax_count = _flax_params(models.build(name, 4, **config.model.kwargs))
   torch_model = torch_ref.build(name, 4, **config.model.kwargs)
   assert sum(p.numel() for p in torch_model.parameters()) == flax_count

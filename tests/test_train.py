@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from cellvit_jax import results as results_lib, train
+from cellvit_jax.modes import train
+from cellvit_jax.runs import record as results_lib
 from conftest import REPO, tiny_config
 
 

@@ -12,8 +12,7 @@ from typing import List
 
 import numpy as np
 
-from cellvit_jax.data import synthetic_cells
-from cellvit_jax.data import tfds_writer
+from cellvit_jax.data import synthetic_cells, tfds_writer
 
 SYNTHETIC = "synthetic_cells"
 

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import config_file, models
+from cellvit_jax import models
+from cellvit_jax.config import files as config_files
 from cellvit_jax.models import dtypes
-from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.ops import normalize
+from cellvit_jax.runs import workdir as workdir_lib
 
 NATIVE_SIZE = 40  # the study's patch side; the FMs resize it to their own input
 
@@ -188,7 +189,7 @@ def main(argv):
     if not os.path.isfile(spec.partition(":")[0]):
       raise SystemExit(f"error: config file {spec!r} not found "
                        "(--configs takes configs/*.py paths)")
-    row = config_cost(config_file.load(spec),
+    row = config_cost(config_files.load(spec),
                       batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
     print(json.dumps(row), flush=True)
     rows.append(row)

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import cost
+from cellvit_jax.runs import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 

@@ -4,7 +4,7 @@
     python -m cellvit_jax.experiments.fm_cost --presets=phikon,uni --measure_below=0
     python -m cellvit_jax.experiments.fm_cost --update=README.md       # rewrites its table
 
-No weights are needed: each preset's `arch` (the published config, models/fm_presets.py)
+No weights are needed: each preset's `arch` (the published config, models/fm/presets.py)
 builds the real-size FoundationModel, its parameters are counted with jax.eval_shape
 (abstract shapes, nothing allocated) and its GFLOPs per image come from XLA's cost
 analysis of the compiled uint8 40x40 -> resize -> normalise -> backbone -> 4-class head
@@ -22,7 +22,9 @@ import numpy as np
 from absl import app, flags
 
 from cellvit_jax.experiments import cost
-from cellvit_jax.models import fm_presets, fm_weights, foundation
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.models.fm import weights as fm_weights
 
 FAMILY = {"vit": "vit", "dinov2": "dinov2", "dinov2_with_registers": "dinov2_registers",
           "clip_vision_model": "clip"}

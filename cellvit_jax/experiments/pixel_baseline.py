@@ -16,9 +16,10 @@ import time
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import logistic, metrics
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax import metrics
 from cellvit_jax.data import datasets, flaglimit, pipeline
+from cellvit_jax.engine import logistic
+from cellvit_jax.runs import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 

@@ -19,8 +19,8 @@ Every number is read from the store; std is the sample std (ddof=1) over seeds.
 import csv
 import os
 
-from cellvit_jax import workdir as workdir_lib
 from cellvit_jax.experiments import report_plots, study_results
+from cellvit_jax.runs import workdir as workdir_lib
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1",
                 "balanced_accuracy": "balanced accuracy"}

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cellvit_jax import workdir as workdir_lib  # noqa: E402
+from cellvit_jax.runs import workdir as workdir_lib  # noqa: E402
 from cellvit_jax.experiments import study_results  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1",

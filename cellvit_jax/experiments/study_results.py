@@ -1,6 +1,6 @@
 """Reading a study directory back: one record per finished cell, cost rows, aggregates.
 
-The store is plain files (experiments/study.py writes them), so studies run on several
+The store is plain files (modes/study.py writes them), so studies run on several
 machines merge by copying their `runs/` and `cost/` folders into one directory.  Only
 cells with `cell.json` (finished training and blur study) count; a cell still running on
 another host is simply not there yet.

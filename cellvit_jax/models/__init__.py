@@ -12,7 +12,9 @@ weights directory (config.fm.*), so `from_config` builds them from the whole con
 import dataclasses
 import importlib
 
-from cellvit_jax.models import dtypes, fm_presets, foundation
+from cellvit_jax.models import dtypes
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import presets as fm_presets
 
 _REGISTRY = {
     "customvit": ("cellvit_jax.models.customvit", "CustomViT"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellvit_jax.data.patch_reading import SKIP_HINT, Options, SourceError
+from cellvit_jax.data.patch_reading import Options, SKIP_HINT, SourceError
 
 log = logging.getLogger("data_prep.sources")
 

@@ -1,6 +1,6 @@
 """Tiny random FM checkpoints in the published formats, for tests and offline trials.
 
-    python -m cellvit_jax.models.fm_tiny --tiny=phikon --output=DIR
+    python -m cellvit_jax.models.fm.tiny --tiny=phikon --output=DIR
 
 writes a small random checkpoint of a preset's family as its publisher ships it (config.json
 + model.safetensors; a timm state dict of the preset's layout for uni, uni2, virchow2,
@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax.models import convert, fm_presets, fm_weights, foundation
+from cellvit_jax.models.fm import convert, foundation
+from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.models.fm import weights as fm_weights
 
 FLAGS = flags.FLAGS
 

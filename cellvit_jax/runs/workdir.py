@@ -14,13 +14,14 @@ import tempfile
 import jax
 from flax import traverse_util
 
-from cellvit_jax import stored_config, workdir_lock
+from cellvit_jax.runs import stored_config
+from cellvit_jax.runs import lock as workdir_lock
 
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.workers",
                      "dataset.data_dir", "dataset.cache", "train.max_steps_per_run",
                      # the same batches and steps, held or dispatched differently
-                     # (resident.py, dispatch.py)
+                     # (data/on_device.py, engine/multistep.py)
                      "dataset.on_device", "dataset.on_device_max_mb", "train.steps_per_dispatch",
                      # how CustomViT's stem convs are computed, not what (models/conv_forms.py)
                      "model.kwargs.stem_impl",

@@ -20,12 +20,14 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cellvit_jax import checkpoint, dispatch, metric_writers, metrics, models, optimizer
-from cellvit_jax import parallel, preemption, resident, steps, train_length, workdir_lock
-from cellvit_jax import results as results_lib
-from cellvit_jax import workdir as workdir_lib
-from cellvit_jax.data import datasets, flaglimit, pipeline
+from cellvit_jax import metrics, models, parallel
+from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
+from cellvit_jax.engine import multistep, optimizer, preemption, steps, train_length
 from cellvit_jax.models import dtypes
+from cellvit_jax.runs import checkpoint, metric_writers
+from cellvit_jax.runs import lock as workdir_lock
+from cellvit_jax.runs import record as results_lib
+from cellvit_jax.runs import workdir as workdir_lib
 
 
 def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) -> dict:
@@ -69,8 +71,8 @@ def check_config(config, mesh):
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config)
   optimizer.check_optim(config)
-  dispatch.check_config(config)
-  resident.check_config(config)
+  multistep.check_config(config)
+  on_device.check_config(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -116,11 +118,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
   train_source = dataset.source(config.dataset.train_split)
   subset_bytes = len(subset) * dataset.image_size ** 2 * 3
-  on_device = resident.use_on_device(config.dataset.on_device, subset_bytes,
+  held_on_device = on_device.use_on_device(config.dataset.on_device, subset_bytes,
                                      config.dataset.on_device_max_mb)
   resident_data = None
-  if on_device:
-    resident_data = resident.place(*pipeline.load_arrays(train_source, subset), mesh)
+  if held_on_device:
+    resident_data = on_device.place(*pipeline.load_arrays(train_source, subset), mesh)
     train_iter = iter(pipeline.train_index_dataset(
         len(subset), global_batch=config.train.batch_size, seed=config.seed))
   else:
@@ -128,9 +130,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
         cache=config.dataset.cache, workers=config.dataset.workers))
   logging.info("Training subset (%.1f MB of uint8 images) %s; %d step(s) per dispatch.",
-               subset_bytes / 2 ** 20, "held on the device(s)" if on_device else
+               subset_bytes / 2 ** 20, "held on the device(s)" if held_on_device else
                "streamed from the host", per_dispatch)
-  run_steps = dispatch.Dispatcher(train_step, steps.make_train_step(model, config, schedule), mesh,
+  run_steps = multistep.StepRunner(train_step, steps.make_train_step(model, config, schedule), mesh,
                                   per_dispatch, resident_data)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
@@ -160,7 +162,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step, calls = start, 0
   with preemption.PreemptionWatch() as watch:
     while step < end:
-      n = dispatch.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
+      n = multistep.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
       state, m = run_steps(state, [next(train_iter) for _ in range(n)], step_rng, step)
       pending.extend(m)
       bar.update(n)
@@ -235,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = results_lib.results_record(
       config, dataset, counts, mesh, test, val, workdir, step=total, num_params=num_params,
       steps=total, train_images_per_sec=images_per_sec, compute_dtype=config.model.dtype,
-      train_data_on_device=on_device, steps_per_dispatch=config.train.steps_per_dispatch)
+      train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch)
   if is_main:
     workdir_lib.write_json(workdir, "results.json", results)
   return results

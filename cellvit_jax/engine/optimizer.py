@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cellvit_jax import config_ranges, train_length
+from cellvit_jax.config import ranges as config_ranges
+from cellvit_jax.engine import train_length
 
 # config.optim fields: (lowest, above it only?, highest (excluded), meaning, an example). A bad
 # value (nan, inf, a negative rate) would otherwise surface steps later as a non-finite loss.

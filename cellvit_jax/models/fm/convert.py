@@ -1,6 +1,7 @@
 """timm ViT checkpoints -> transformers Dinov2Model / Dinov2WithRegistersModel format.
 
-    python -m cellvit_jax.models.convert --from=timm --input=uni/pytorch_model.bin --output=uni_hf
+    python -m cellvit_jax.models.fm.convert --from=timm --input=uni/pytorch_model.bin \
+        --output=uni_hf
 
 The pathology ViTs published as timm state dicts (UNI, UNI2-h, Virchow2, H-optimus-0,
 Prov-GigaPath) all compute what transformers' Dinov2Model computes (pre-norm blocks,
@@ -38,7 +39,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax.runs import workdir as workdir_lib
 
 HEAD_WIDTH = 64  # ViT-B/L/g and the pathology ViTs built on them use 64-wide heads
 # Widths whose standard ViT does not use 64-wide heads: ViT-H/14 has 16 heads of 80.

@@ -29,11 +29,13 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from cellvit_jax import checkpoint, models, optimizer, parallel, probe_head, steps, stored_config
-from cellvit_jax import train_length
+from cellvit_jax import models, parallel
 from cellvit_jax.data import datasets, flaglimit
+from cellvit_jax.engine import optimizer, steps, train_length
+from cellvit_jax.modes import probe_head
 from cellvit_jax.ops import normalize
 from cellvit_jax.ops import resize as resize_ops
+from cellvit_jax.runs import checkpoint, stored_config
 
 
 @dataclasses.dataclass

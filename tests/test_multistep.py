@@ -1,5 +1,5 @@
 """Device-resident training data, several steps per dispatch and compute dtype "auto"
-(cellvit_jax/dispatch.py): the same bits as the host stream and as one step per call."""
+(cellvit_jax/engine/multistep.py): the same bits as the host stream and as one step per call."""
 import json
 import os
 import subprocess
@@ -9,9 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from cellvit_jax import dispatch, resident, train
+from cellvit_jax.data import on_device, pipeline
+from cellvit_jax.engine import multistep
 from cellvit_jax.models import dtypes
-from cellvit_jax.data import pipeline
+from cellvit_jax.modes import train
 from conftest import REPO, tiny_config
 
 
@@ -40,20 +41,20 @@ def test_dispatch_length_follows_a_fixed_grid():
   # k = 4, checkpoints every 6 steps, stop at 13: [0,4) [4,6) [6,8) [8,12) [12,13)
   lengths, step = [], 0
   while step < 13:
-    n = dispatch.dispatch_length(step, 4, 13, (6,))
+    n = multistep.dispatch_length(step, 4, 13, (6,))
     lengths.append(n)
     step += n
   assert lengths == [4, 2, 2, 4, 1]
-  assert dispatch.dispatch_length(5, 4, 13, (6,)) == 1  # a resumed run rejoins the grid
-  assert dispatch.dispatch_length(7, 1, 13, ()) == 1
+  assert multistep.dispatch_length(5, 4, 13, (6,)) == 1  # a resumed run rejoins the grid
+  assert multistep.dispatch_length(7, 1, 13, ()) == 1
 
 
 def test_on_device_auto_follows_the_byte_budget():
   mb = 2 ** 20
-  assert resident.use_on_device("auto", 315 * mb, 1024)
-  assert not resident.use_on_device("auto", 1025 * mb, 1024)
-  assert resident.use_on_device("true", 1025 * mb, 1024)
-  assert not resident.use_on_device("False", 1, 1024)
+  assert on_device.use_on_device("auto", 315 * mb, 1024)
+  assert not on_device.use_on_device("auto", 1025 * mb, 1024)
+  assert on_device.use_on_device("true", 1025 * mb, 1024)
+  assert not on_device.use_on_device("False", 1, 1024)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -147,11 +148,12 @@ def test_k_steps_per_dispatch_follow_one_step_per_call_closely(host_curve, tiny_
 
 
 def dispatch_runs(model, feeds, batch):
-  """Three index batches of one fixed 50-image subset through dispatch.Dispatcher, once per
+  """Three index batches of one fixed 50-image subset through multistep.StepRunner, once per
   (k, 'host' | 'device') in `feeds`, each from the same initial state: per feed the losses and
   the final parameters and batch statistics. Also run by TWO_DEVICES on a 2-device mesh."""
   import jax
-  from cellvit_jax import optimizer, parallel, steps
+  from cellvit_jax.engine import optimizer, steps
+  from cellvit_jax import parallel
   config = tiny_config("unused")
   mesh = parallel.make_mesh()
   tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
@@ -162,8 +164,8 @@ def dispatch_runs(model, feeds, batch):
   index = [rng.integers(0, 50, batch).astype(np.int32) for _ in range(3)]
   out = []
   for k, feed in feeds:
-    data = resident.place(images, labels, mesh) if feed == "device" else None
-    run = dispatch.Dispatcher(jitted, pure, mesh, k, data)
+    data = on_device.place(images, labels, mesh) if feed == "device" else None
+    run = multistep.StepRunner(jitted, pure, mesh, k, data)
     state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
     batches = ([{"image": images[i], "label": labels[i].astype(np.int32)} for i in index]
                if feed == "host" else [{"index": i} for i in index])

@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from cellvit_jax import workdir as workdir_lib
-from cellvit_jax.models import fm_weights
+from cellvit_jax.models.fm import weights as fm_weights
+from cellvit_jax.runs import workdir as workdir_lib
 
 
 def directory(config) -> str:

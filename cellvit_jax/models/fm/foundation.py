@@ -12,7 +12,7 @@ modules; we call the modules, so images stay NHWC end to end: that transpose is 
 HF's NCHW convention is handled, and we skip it.
 
 Tiny random checkpoints in the published formats (tests, trying the pipeline offline) are
-written by models/fm_tiny.py.
+written by models/fm/tiny.py.
 """
 import re
 from typing import Any
@@ -22,7 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from cellvit_jax import parallel
-from cellvit_jax.models import dinov2_registers, dtypes, fm_presets, fm_weights, interface
+from cellvit_jax.models import dtypes, interface
+from cellvit_jax.models.fm import dinov2_registers
+from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.models.fm import weights as fm_weights
 from cellvit_jax.ops import resize
 
 

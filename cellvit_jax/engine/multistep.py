@@ -8,7 +8,7 @@ step's metrics come back for logging, so a run logs, evaluates and checkpoints a
 Which program runs a dispatch of n steps:
 - n == 1, and every dispatch when k == 1: one step with no loop around it. Streamed batches
   go through the very jitted step of steps.make_steps (the loop before this module existed,
-  bit for bit); resident data (resident.py) adds only the on-device gather in front of it.
+  bit for bit); resident data (on_device.py) adds only the on-device gather in front of it.
 - n == k > 1: one program of k steps. On CPU the k steps are unrolled into the entry
   computation; elsewhere a lax.scan. XLA:CPU rewrites convolutions into the layout its fast
   (Eigen) kernels take only in the entry computation (ConvCanonicalization walks
@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cellvit_jax import parallel, resident
+from cellvit_jax import parallel
+from cellvit_jax.data import on_device
 
 
 def check_config(config):
@@ -54,11 +55,11 @@ def make_multi_step(pure_step, mesh, k: int, unroll=None):
   """Jits `(state, resident_data, xs, rng) -> (state, (metrics of step 1, ..., of step k))`:
   k steps of the pure `pure_step` (steps.make_train_step), step i on xs[i] with
   fold_in(rng, state.step). xs: stack_batches of {'image', 'label'} or of {'index'} into
-  resident_data (resident.place; {} when streaming). unroll: None = unrolls()."""
+  resident_data (on_device.place; {} when streaming). unroll: None = unrolls()."""
   unroll = unrolls() if unroll is None else unroll
 
   def one_step(state, resident_data, batch, rng):
-    batch = resident.gather(resident_data, batch, mesh)
+    batch = on_device.gather(resident_data, batch, mesh)
     return pure_step(state, batch, jax.random.fold_in(rng, state.step))
 
   def run(state, resident_data, xs, rng):
@@ -76,12 +77,12 @@ def make_multi_step(pure_step, mesh, k: int, unroll=None):
                  out_shardings=(rep, rep), donate_argnums=0)
 
 
-class Dispatcher:
+class StepRunner:
   """`dispatcher(state, batches, rng, step) -> (state, [metrics per step])`: runs the
   len(batches) steps that start after `step` steps (see the module docstring for how).
 
   train_step: the jitted single step of steps.make_steps; pure_step: the same step unjitted
-  (steps.make_train_step); resident_data: resident.place(...) when batches are {'index'}
+  (steps.make_train_step); resident_data: on_device.place(...) when batches are {'index'}
   positions, else None.
   """
 
@@ -91,7 +92,8 @@ class Dispatcher:
     if resident_data is not None:
       rep = parallel.replicated(mesh)
       self._train_step = jax.jit(
-          lambda state, data, batch, rng: pure_step(state, resident.gather(data, batch, mesh), rng),
+          lambda state, data, batch, rng: pure_step(state, on_device.gather(data, batch, mesh),
+                                                    rng),
           in_shardings=(rep, rep, parallel.batch_sharding(mesh), rep), out_shardings=(rep, rep),
           donate_argnums=0)
     self._multi_step = None

@@ -10,7 +10,7 @@ takes its default. Resume checks (workdir.config_differences) and loading a fini
 import ml_collections
 from flax import traverse_util
 
-from cellvit_jax import default_config
+from cellvit_jax.config import defaults as config_defaults
 
 # Keys added to the config after runs had been written, with the value their absence meant:
 # a config.json without them resumes (and loads) under a config holding these values.
@@ -45,7 +45,7 @@ def upgrade(stored: dict) -> dict:
 
 def over_defaults(stored: dict) -> ml_collections.ConfigDict:
   """Today's default config with the (upgraded) stored values laid over it."""
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   config.unlock()
 
   def merge(node, values):

@@ -4,7 +4,7 @@
         --config.predict.run=runs/customvit --config.predict.input=my_patches/ \
         [--workdir=out]                      # default <run>/predict/
 
-Any run restore.load_run can load (a small model, an FM probe or fine-tune) works the same
+Any run finished_run.load_run can load (a small model, an FM probe or fine-tune) works the same
 way: patches go through the run's own resize and normalisation.  Batches are fixed-shape,
 padded and masked, and sharded over every device like evaluation (one compilation).  Output
 <workdir>/predictions.csv: the input's columns (path, and x, y or any other CSV columns),
@@ -17,9 +17,10 @@ import os
 import jax
 import numpy as np
 
-from cellvit_jax import parallel, restore
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax import parallel
 from cellvit_jax.data import patch_files, pipeline
+from cellvit_jax.modes import finished_run
+from cellvit_jax.runs import workdir as workdir_lib
 
 
 def make_predict_step(run):
@@ -67,7 +68,7 @@ def run_mode(config, workdir: str = "") -> str:
   if not os.path.exists(p.input):
     raise ValueError(f"config.predict.input {p.input!r} does not exist; pass a folder of patches "
                      "or a CSV file")
-  run = restore.load_run(p.run, data_dir=p.data_dir or None)
+  run = finished_run.load_run(p.run, data_dir=p.data_dir or None)
   patches = patch_files.read_patches(p.input, run.native_size, resize=p.resize,
                                      skip_bad=p.skip_bad, path_column=p.path_column,
                                      x_column=p.x_column, y_column=p.y_column)

@@ -32,9 +32,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cellvit_jax import parallel, probe, restore, train, workdir_lock
-from cellvit_jax import workdir as workdir_lib
-from cellvit_jax.experiments import blur_study, cost, study_grid
+from cellvit_jax import parallel
+from cellvit_jax.experiments import cost
+from cellvit_jax.modes import blur_study, finished_run, probe, study_grid, train
+from cellvit_jax.runs import lock as workdir_lock
+from cellvit_jax.runs import workdir as workdir_lib
 
 PARALLEL = ("data", "cells")
 
@@ -124,7 +126,7 @@ def check(config, modes) -> list:
 
 def measure_cost(run_dir, batch_sizes, min_seconds) -> dict:
   """A cost.py row for a trained run, whatever its family: its own resize and forward."""
-  run = restore.load_run(run_dir)
+  run = finished_run.load_run(run_dir)
   # A host copy of the replicated state, timed on this process's first device (under
   # jax.distributed the global arrays could not be mixed with local inputs).
   state = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)

@@ -23,10 +23,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from cellvit_jax import parallel, restore, train
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax import parallel
 from cellvit_jax.data import pipeline
+from cellvit_jax.modes import finished_run, train
 from cellvit_jax.ops import blur, normalize
+from cellvit_jax.runs import workdir as workdir_lib
 
 DEFAULT_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 POSITIONS = ("pre_resize", "post_resize")
@@ -119,7 +120,8 @@ def _summarise(sigmas, results, scale, truncate):
 
 def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
           truncate: float = 3.0, boundary: str = "reflect") -> dict:
-  """Evaluates `run` (a restore.Run) on `split` over the sigma grid; returns blur.json's dict."""
+  """Evaluates `run` (a finished_run.Run) on `split` over the sigma grid; returns blur.json's
+  dict."""
   sigmas = check_sigmas(sigmas)
   split = split or run.config.dataset.test_split
   batch_size = batch_size or run.config.train.eval_batch_size
@@ -218,7 +220,7 @@ def run_mode(config, workdir: str = ""):
     raise ValueError("config.blur.run is empty; pass the trained run's workdir, e.g. "
                      "--config.blur.run=runs/customvit")
   sigmas = check_sigmas(b.sigmas)  # before anything is loaded
-  run = restore.load_run(b.run, data_dir=b.data_dir or None)
+  run = finished_run.load_run(b.run, data_dir=b.data_dir or None)
   result = study(run, sigmas, split=b.split, batch_size=b.batch_size, truncate=b.truncate,
                  boundary=b.boundary)
   result["config"] = config.to_dict()

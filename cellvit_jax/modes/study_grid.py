@@ -16,7 +16,7 @@ import os
 import re
 from typing import Optional
 
-from cellvit_jax import config_file
+from cellvit_jax.config import files as config_files
 
 ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -108,7 +108,7 @@ def cell_config(cell: Cell, study):
   The row's `configs/x.py[:arg]` is read from the working directory (or is absolute), like
   main's --config."""
   try:
-    config = config_file.load(cell.spec)
+    config = config_files.load(cell.spec)
   except FileNotFoundError:
     path = cell.spec.partition(":")[0]
     raise ValueError(f"study row {cell.row!r}: config file {path!r} (from {cell.spec!r}) not "

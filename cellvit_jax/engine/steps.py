@@ -4,7 +4,7 @@
 are built by `make_steps` for one model and config and jit-compiled over the mesh: the
 batch is sharded on 'data', the state replicated, and XLA adds the all-reduces. What
 differs per model (who normalises the input) comes from the model's interface
-(models/interface.py); the optimiser is optimizer.py's.
+(models/interface.py); the optimiser is engine/optimizer.py's.
 """
 import math
 from typing import Any
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from cellvit_jax import config_ranges, parallel
-from cellvit_jax.ops import augment as augment_ops
+from cellvit_jax import parallel
+from cellvit_jax.config import ranges as config_ranges
 from cellvit_jax.ops import color, dihedral, mixing, normalize
+from cellvit_jax.ops import augment as augment_ops
 
 # fold_in constants of the augmentations' random streams, each folded into the step's
 # augmentation rng: flips and rotations keep the draws they had before blur existed, and
@@ -167,7 +168,7 @@ def _tree_norm(tree):
 
 def make_train_step(model, config, schedule):
   """The pure train step `(state, batch, rng) -> (state, metrics)`, not jitted: make_steps
-  jits it alone, dispatch.py runs several in one call."""
+  jits it alone, multistep.py runs several in one call."""
   num_classes = model.num_classes
   smoothing = config.optim.label_smoothing
   mix_args = mix_config(config)

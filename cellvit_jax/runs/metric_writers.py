@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax.runs import workdir as workdir_lib
 
 
 def _plain(v):

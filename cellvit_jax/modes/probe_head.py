@@ -8,8 +8,10 @@ import os
 import numpy as np
 import optax
 
-from cellvit_jax import feature_cache, parallel, steps
-from cellvit_jax.models import foundation
+from cellvit_jax import parallel
+from cellvit_jax.engine import steps
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.modes import feature_cache
 
 HEAD_FILE = "probe_head.npz"
 

@@ -10,7 +10,7 @@ from typing import Optional
 import orbax.checkpoint as ocp
 import grain
 
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax.runs import workdir as workdir_lib
 
 
 class CheckpointWriteError(OSError):

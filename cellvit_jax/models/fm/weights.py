@@ -1,6 +1,6 @@
 """Foundation-model weights from a local directory or a hub id: what they hold, and their
 tensors as Flax params.  A hub id (owner/name[@revision]) is fetched into the Hugging Face
-cache by models/fm_hub.py and then read as the directory it lands in.
+cache by models/fm/hub.py and then read as the directory it lands in.
 
 A weights directory is what the model's publisher ships: config.json plus model.safetensors
 (PyTorch key names; read with numpy, no torch) or flax_model.msgpack (a Flax params tree).
@@ -17,10 +17,12 @@ import os
 import numpy as np
 from flax import serialization, traverse_util
 
-from cellvit_jax.models import convert, fm_hub, fm_presets
+from cellvit_jax.models.fm import convert
+from cellvit_jax.models.fm import hub as fm_hub
+from cellvit_jax.models.fm import presets as fm_presets
 # Reading a .safetensors file lives with the converter (it needs it too, and this module
 # builds on the converter); the names stay importable from here.
-from cellvit_jax.models.convert import read_safetensors, safetensors_shapes  # noqa: F401
+from cellvit_jax.models.fm.convert import read_safetensors, safetensors_shapes  # noqa: F401
 
 # config.json model_type -> the family whose Flax port runs it.
 MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "clip": "clip", "clip_vision_model": "clip",
@@ -84,8 +86,8 @@ def _weights_file(directory: str) -> tuple:
   hint = ""
   if "pytorch_model.bin" in present:
     hint = (" (it has pytorch_model.bin: a timm checkpoint converts with python -m "
-            "cellvit_jax.models.convert --from=timm --input=... --output=...; a transformers one "
-            "is re-saved with safe_serialization=True)")
+            "cellvit_jax.models.fm.convert --from=timm --input=... --output=...; a transformers "
+            "one is re-saved with safe_serialization=True)")
   raise FileNotFoundError(f"config.fm.weights={directory!r} has no model.safetensors or "
                           f"flax_model.msgpack (it holds {present}){hint}")
 
@@ -143,7 +145,7 @@ def inspect(directory: str, preset, num_heads: int = 0) -> Checkpoint:
   if not directory:
     raise ValueError(f"config.fm.weights is empty; pass --config.fm.weights={preset.hub_id} (the "
                      f"hub id) or a local directory, or write a tiny random one: python -m "
-                     f"cellvit_jax.models.fm_tiny --tiny={preset.name} --output=DIR")
+                     f"cellvit_jax.models.fm.tiny --tiny={preset.name} --output=DIR")
   if fm_hub.is_hub_id(directory):  # owner/name[@revision]: fetched into the HF cache
     directory = fm_hub.resolve(directory, preset.name)
   directory = os.path.abspath(os.path.expanduser(directory))

@@ -19,8 +19,8 @@ def get_config():
   config.dataset.flaglimit = 1024       # at most this many training samples per class
   config.dataset.cache = False          # hold the selected uint8 training subset in memory
   # Hold the FlagLimit training subset on the device(s) (replicated) and stream only indices
-  # (dispatch.py): "auto" does when its uint8 images fit on_device_max_mb per device (FlagLimit
-  # 16,384 x 4 classes of 40x40x3 is 315 MB); "true" / "false" force either.
+  # (data/on_device.py): "auto" does when its uint8 images fit on_device_max_mb per device
+  # (FlagLimit 16,384 x 4 classes of 40x40x3 is 315 MB); "true" / "false" force either.
   config.dataset.on_device = "auto"
   config.dataset.on_device_max_mb = 1024
   config.dataset.train_split = "train"
@@ -93,7 +93,7 @@ def get_config():
   config.train.steps = 0
   config.train.examples = 0
   config.train.log_every_steps = 20
-  # Train steps per jitted call (dispatch.py: 1 = the plain step; k > 1 unrolled on CPU, a
+  # Train steps per jitted call (engine/multistep.py: 1 = the plain step; k > 1 unrolled on CPU, a
   # lax.scan elsewhere): logs, evaluation, checkpoints and SIGTERM act on call boundaries.
   # >1 pays where the host loop, not the device, is the limit; it changes results by rounding.
   config.train.steps_per_dispatch = 1
@@ -105,10 +105,10 @@ def get_config():
   # to continue. For time-boxed or preemptible jobs; it does not change the schedule.
   config.train.max_steps_per_run = 0
 
-  # Foundation models (models/fm_presets.py, docs/foundation_models.md); used when
+  # Foundation models (models/fm/presets.py, docs/foundation_models.md); used when
   # fm.preset is set (configs/fm.py), ignored otherwise.
   config.fm = ml_collections.ConfigDict()
-  config.fm.preset = ""                 # a models/fm_presets.py name; "" -> not an FM run
+  config.fm.preset = ""                 # a models/fm/presets.py name; "" -> not an FM run
   config.fm.weights = ""                # hub id owner/name[@rev] (HF cache) or a local directory
   config.fm.num_heads = 0               # timm only: 0 -> config.json, else hidden / 64
   config.fm.input_size = 0              # 0 -> the preset's, else the checkpoint's (224)

@@ -21,7 +21,8 @@ import json
 import os
 import re
 
-from cellvit_jax.models import convert, fm_presets
+from cellvit_jax.models.fm import convert
+from cellvit_jax.models.fm import presets as fm_presets
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[A-Za-z0-9_./-]+)?$")
 WEIGHT_FILES = ("model.safetensors", "flax_model.msgpack", "pytorch_model.bin")

@@ -17,13 +17,18 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import feature_cache, logistic, metrics, parallel, probe_head
-from cellvit_jax import results as results_lib
-from cellvit_jax import workdir_lock
-from cellvit_jax import workdir as workdir_lib
+from cellvit_jax import metrics, parallel
 from cellvit_jax.data import datasets, flaglimit, pipeline
-from cellvit_jax.models import dtypes, fm_presets, fm_weights, foundation
+from cellvit_jax.engine import logistic
+from cellvit_jax.models import dtypes
+from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.models.fm import weights as fm_weights
+from cellvit_jax.modes import feature_cache, probe_head
 from cellvit_jax.ops import normalize
+from cellvit_jax.runs import lock as workdir_lock
+from cellvit_jax.runs import record as results_lib
+from cellvit_jax.runs import workdir as workdir_lib
 
 def feature_extractor(model, params, mesh, batch_size: int):
   """`images uint8 (N, H, W, 3) -> float32 features (N, D)`, in fixed-shape sharded batches."""
