@@ -25,11 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import models
+from cellvit_jax import atomic_files, models
 from cellvit_jax.config import files as config_files
 from cellvit_jax.models import dtypes
 from cellvit_jax.ops import normalize
-from cellvit_jax.runs import workdir as workdir_lib
 
 NATIVE_SIZE = 40  # the study's patch side; the FMs resize it to their own input
 
@@ -161,7 +160,7 @@ def replace_block(path: str, text: str, markers=(BLOCK_START, BLOCK_END)):
   if start < 0 or end < start:
     raise ValueError(f"{path} has no '{begin_marker}' ... '{end_marker}' block to replace; add "
                      "the two marker lines where the table should go")
-  workdir_lib.write_text(path, content[:start + len(begin_marker)] + "\n" + text + content[end:])
+  atomic_files.write_text(path, content[:start + len(begin_marker)] + "\n" + text + content[end:])
 
 
 def write_outputs(rows: Sequence[dict], table: str, *, program: str, output: str = "",
@@ -170,9 +169,9 @@ def write_outputs(rows: Sequence[dict], table: str, *, program: str, output: str
   `markers` block of `update` (with the command that made it), each atomically."""
   print("\n" + table)
   if output:
-    workdir_lib.write_text(output, json.dumps(list(rows), indent=1))
+    atomic_files.write_text(output, json.dumps(list(rows), indent=1))
   if markdown:
-    workdir_lib.write_text(markdown, table)
+    atomic_files.write_text(markdown, table)
   if update:
     command = f"python -m {program} " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--update"))

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from cellvit_jax import atomic_files
 from cellvit_jax.experiments import cost
-from cellvit_jax.runs import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -86,7 +86,7 @@ def main(argv):
                        f"recipe={FLAGS.recipe!r}; nothing written")
     new.append(r)
   lines = [json.dumps(r) for r in existing + new]
-  workdir_lib.write_text(FLAGS.output, "\n".join(lines) + "\n")
+  atomic_files.write_text(FLAGS.output, "\n".join(lines) + "\n")
   for r in new:
     print(f"{r['tag']} seed {r['seed']}: val {r['val']['accuracy']:.4f}, "
           f"{r['gflops_per_image']:.3f} GFLOPs -> {FLAGS.output}")

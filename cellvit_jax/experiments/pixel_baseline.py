@@ -16,10 +16,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax import metrics
+from cellvit_jax import atomic_files, metrics
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.engine import logistic
-from cellvit_jax.runs import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +75,7 @@ def main(argv):
           f"{r['test']['accuracy']:.4f}, balanced {r['test']['balanced_accuracy']:.4f}, "
           f"macro-F1 {r['test']['macro_f1']:.4f} (L2 {r['l2']:g} chosen on val)")
   if FLAGS.output:
-    workdir_lib.write_text(FLAGS.output, json.dumps(out, indent=2))
+    atomic_files.write_text(FLAGS.output, json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ Every number is read from the store; std is the sample std (ddof=1) over seeds.
 import csv
 import os
 
+from cellvit_jax import atomic_files
 from cellvit_jax.experiments import report_plots, study_results
-from cellvit_jax.runs import workdir as workdir_lib
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1",
                 "balanced_accuracy": "balanced accuracy"}
@@ -36,7 +36,7 @@ def _write_csv(path, header, rows):
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(header)
   w.writerows(rows)
-  workdir_lib.write_text(path, buf.getvalue())
+  atomic_files.write_text(path, buf.getvalue())
 
 
 def metric_table(aggregates, rows, fls, metric) -> str:
@@ -173,7 +173,7 @@ def write_report(study_dir: str, output_dir: str = "") -> dict:
     md += ["", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
   md += ["## Files", "", "`cells.csv`, `accuracy.csv`, `blur.csv`, `cost.csv`, "
          "`accuracy_vs_cost.csv`: the tables above as CSV.", ""]
-  workdir_lib.write_text(path("report.md"), "\n".join(md))
+  atomic_files.write_text(path("report.md"), "\n".join(md))
   return out
 
 

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cellvit_jax.runs import workdir as workdir_lib  # noqa: E402
+from cellvit_jax import atomic_files  # noqa: E402
 from cellvit_jax.experiments import study_results  # noqa: E402
 
 LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1",
@@ -19,7 +19,7 @@ LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1",
 def _save(fig, path):
   fig.tight_layout()
   try:
-    with workdir_lib.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
       fig.savefig(tmp, format="png")
   finally:
     plt.close(fig)

@@ -23,11 +23,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from cellvit_jax import parallel
+from cellvit_jax import atomic_files, parallel
 from cellvit_jax.data import pipeline
 from cellvit_jax.modes import finished_run, train
 from cellvit_jax.ops import blur, normalize
-from cellvit_jax.runs import workdir as workdir_lib
 
 DEFAULT_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 POSITIONS = ("pre_resize", "post_resize")
@@ -184,7 +183,7 @@ def plot(result: dict, path: str):
   ax.legend(fontsize=8)
   fig.tight_layout()
   try:
-    with workdir_lib.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
       fig.savefig(tmp, format="png")
   finally:
     plt.close(fig)
@@ -228,7 +227,7 @@ def run_mode(config, workdir: str = ""):
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     result["plot"] = "blur.png"
-    workdir_lib.write_json(workdir, "blur.json", result)
+    atomic_files.write_json(workdir, "blur.json", result)
     plot(result, os.path.join(workdir, "blur.png"))
     print("\n" + table(result))
     print(f"wrote {os.path.join(workdir, 'blur.json')} and blur.png")

@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
+from cellvit_jax import atomic_files
 from cellvit_jax.models.fm import weights as fm_weights
-from cellvit_jax.runs import workdir as workdir_lib
+from cellvit_jax.runs import write_failures
 
 
 def directory(config) -> str:
@@ -52,7 +53,7 @@ def key(config, model, ckpt, dataset_name: str, split: str, images, labels) -> d
 
 
 def atomic_savez(path: str, **arrays):
-  with workdir_lib.atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
       np.savez(f, **arrays)
 
@@ -85,7 +86,7 @@ class FeatureCache:
       atomic_savez(path, features=np.asarray(features, np.float32),
                    key=np.asarray(json.dumps(k, sort_keys=True)))
     except OSError as e:
-      hint = workdir_lib.write_failure_hint(e, os.path.dirname(path),
+      hint = write_failures.write_failure_hint(e, os.path.dirname(path),
                                             "pass another --config.fm.cache_dir")
       raise OSError(f"cannot write the feature cache entry {path} ({e.strerror}); {hint}") from None
 

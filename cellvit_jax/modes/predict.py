@@ -17,10 +17,9 @@ import os
 import jax
 import numpy as np
 
-from cellvit_jax import parallel
+from cellvit_jax import atomic_files, parallel
 from cellvit_jax.data import patch_files, pipeline
 from cellvit_jax.modes import finished_run
-from cellvit_jax.runs import workdir as workdir_lib
 
 
 def make_predict_step(run):
@@ -77,7 +76,7 @@ def run_mode(config, workdir: str = "") -> str:
   path = os.path.join(out_dir, "predictions.csv")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.write_text(path, to_csv(patches, probs, run.dataset.class_names))
+    atomic_files.write_text(path, to_csv(patches, probs, run.dataset.class_names))
     counts = np.bincount(probs.argmax(-1), minlength=run.dataset.num_classes)
     print(f"predicted {len(probs)} patch(es) with {run.config.model.name} ({run.workdir}): "
           + ", ".join(f"{c} {n}" for c, n in zip(run.dataset.class_names, counts.tolist()))

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import metrics, parallel
+from cellvit_jax import atomic_files, metrics, parallel
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.engine import logistic
 from cellvit_jax.models import dtypes
@@ -147,7 +147,7 @@ def train_probe(config, workdir: str) -> dict:
       train_images_per_sec=None)
   if jax.process_index() == 0:
     probe_head.save(workdir, kernel, bias, l2)
-    workdir_lib.write_json(workdir, "results.json", results)
+    atomic_files.write_json(workdir, "results.json", results)
   return results
 
 

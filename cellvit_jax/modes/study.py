@@ -32,11 +32,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cellvit_jax import parallel
+from cellvit_jax import atomic_files, parallel
 from cellvit_jax.experiments import cost
 from cellvit_jax.modes import blur_study, finished_run, probe, study_grid, train
 from cellvit_jax.runs import lock as workdir_lock
-from cellvit_jax.runs import workdir as workdir_lib
 
 PARALLEL = ("data", "cells")
 
@@ -161,7 +160,7 @@ def run_cell(cell, config, study_dir, modes) -> bool:
     blur_study.run_mode(blur_config(study, workdir), blur_dir)
   t2 = time.perf_counter()
   if jax.process_index() == 0:
-    workdir_lib.write_json(workdir, "cell.json", {
+    atomic_files.write_json(workdir, "cell.json", {
         "index": cell.index, "row": cell.row, "config": cell.spec, "mode": mode,
         "flaglimit": cell.flaglimit, "seed": cell.seed, "results": "results.json",
         "blur": "blur/blur.json", "seconds_this_invocation": {"train": t1 - t0, "blur": t2 - t1},
@@ -183,7 +182,7 @@ def ensure_cost(row, study_dir, study):
   entry["row"] = row
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    workdir_lib.write_json(os.path.dirname(path), f"{row}.json", entry)
+    atomic_files.write_json(os.path.dirname(path), f"{row}.json", entry)
     logging.info("cost of %s: %s parameters, %.4f GFLOPs/image, images/s %s", row,
                  f"{entry['params']:,}", entry["gflops_per_image"], entry["images_per_sec"])
 
@@ -210,7 +209,7 @@ def run_mode(config, workdir: str = "", modes=None) -> dict:
   os.makedirs(study_dir, exist_ok=True)
   workdir_lock.acquire_shared(study_dir, lock_name(study))  # a second copy of this worker stops
   if jax.process_index() == 0:
-    workdir_lib.write_json(study_dir, "study.json", {
+    atomic_files.write_json(study_dir, "study.json", {
         "config": config.to_dict(),
         "rows": [{"row": n, "config": r["config"], "set": _plain(r["set"])}
                  for n, r in study_grid.rows(study)],

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cellvit_jax import metrics, models, parallel
+from cellvit_jax import atomic_files, metrics, models, parallel
 from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
 from cellvit_jax.engine import multistep, optimizer, preemption, steps, train_length
 from cellvit_jax.models import dtypes
@@ -239,5 +239,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
       steps=total, train_images_per_sec=images_per_sec, compute_dtype=config.model.dtype,
       train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch)
   if is_main:
-    workdir_lib.write_json(workdir, "results.json", results)
+    atomic_files.write_json(workdir, "results.json", results)
   return results

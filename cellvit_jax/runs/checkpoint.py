@@ -10,7 +10,7 @@ from typing import Optional
 import orbax.checkpoint as ocp
 import grain
 
-from cellvit_jax.runs import workdir as workdir_lib
+from cellvit_jax.runs import write_failures
 
 
 class CheckpointWriteError(OSError):
@@ -21,8 +21,8 @@ def _write_error(directory, step, e):
   detail = " ".join(str(e).split())[:300]
   return CheckpointWriteError(
       f"could not write the checkpoint{f' of step {step}' if step is not None else ''} to "
-      f"{directory} ({detail}); {workdir_lib.write_failure_hint(e, directory)}. Earlier complete "
-      "checkpoints are kept and a rerun resumes from the latest of them.")
+      f"{directory} ({detail}); {write_failures.write_failure_hint(e, directory)}. Earlier "
+      "complete checkpoints are kept and a rerun resumes from the latest of them.")
 
 
 class Checkpointer:

@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 
-from cellvit_jax.runs import workdir as workdir_lib
+from cellvit_jax import atomic_files
 
 
 def _plain(v):
@@ -32,7 +32,7 @@ def _drop_after(path: str, step: int):
     except (ValueError, KeyError):  # a line cut by a kill mid-write
       continue
   if len(keep) != len(lines):
-    workdir_lib.write_text(path, "".join(keep))
+    atomic_files.write_text(path, "".join(keep))
 
 
 class MetricWriter:

@@ -39,7 +39,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax.runs import workdir as workdir_lib
+from cellvit_jax import atomic_files
 
 HEAD_WIDTH = 64  # ViT-B/L/g and the pathology ViTs built on them use 64-wide heads
 # Widths whose standard ViT does not use 64-wide heads: ViT-H/14 has 16 heads of 80.
@@ -256,9 +256,9 @@ def write_hf_dir(output: str, config: dict, tensors: dict):
   """config.json + model.safetensors, each written atomically."""
   from safetensors.numpy import save_file
   os.makedirs(output, exist_ok=True)
-  with workdir_lib.atomic_path(os.path.join(output, "model.safetensors")) as tmp:
+  with atomic_files.atomic_path(os.path.join(output, "model.safetensors")) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
-  workdir_lib.write_json(output, "config.json", config)
+  atomic_files.write_json(output, "config.json", config)
 
 
 def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> dict:
