@@ -103,7 +103,8 @@ def eval_step_benchmark(args):
                        dtype=dtypes.compute_dtype(config.model.dtype), **config.model.kwargs)
   tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=100, steps_per_epoch=10)
   state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-  _, plain_step = steps.make_steps(model, config, schedule, mesh)
+  _, plain_step = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                   config.normalize)
   dataset = datasets.CellDataset(name="bench", path="", meta={
       "patch_size": 40, "class_names": [f"c{i}" for i in range(num_classes)], "splits": {}})
   run = finished_run.Run(workdir="", config=config, dataset=dataset, model=model, state=state,

@@ -35,7 +35,7 @@ def main(argv):
   args = flags.FLAGS
   config = config_files.load(args.config)
   config.model.dtype = "float32"
-  model = models.from_config(config, 4)
+  model = models.from_config(config.model, config.get("fm"), 4)
   mesh = parallel.make_mesh()
   tx, schedule = optimizer.make_optimizer(config.optim, model, 100, 10)
   state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
@@ -43,11 +43,11 @@ def main(argv):
   images = rng.integers(0, 256, (max(64, 4 * args.batch), 40, 40, 3), dtype=np.uint8)
   labels = rng.integers(0, 4, len(images)).astype(np.int32)
   data = on_device.place(images, labels, mesh)
-  pure = steps.make_train_step(model, config, schedule)
+  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
   key, k = jax.random.key(1), 1
   t0 = time.perf_counter()
   if args.variant == "plain":
-    fn, _ = steps.make_steps(model, config, schedule, mesh)
+    fn, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment, config.normalize)
     batch = parallel.shard_batch({"image": images[:args.batch], "label": labels[:args.batch]}, mesh)
     call_args = (state, batch, key)
   elif args.variant == "gather":

@@ -99,9 +99,10 @@ def main(argv):
                                  image_size=224, patch_size=16)
     config = config_files.load("configs/fm.py:phikon,probe")
     config.fm.weights = weights
-    model = foundation.build(config, 0)
+    model = foundation.build(config.fm, 0, config.model.dtype)
     mesh = parallel.make_mesh()
-    params = parallel.replicate({"backbone": foundation.pretrained_backbone(config, model)}, mesh)
+    params = parallel.replicate({"backbone": foundation.pretrained_backbone(config.fm, model)},
+                                mesh)
 
     extract = probe.feature_extractor(model, params, mesh, args.batch)
     extract(x_tr[:args.batch])  # compile, untimed

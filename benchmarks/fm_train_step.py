@@ -62,10 +62,11 @@ def main(argv):
     config = config_files.load(f"configs/fm.py:{a.preset},finetune")
     config.fm.weights = weights
     config.model.dtype = dtype
-    model = models.from_config(config, 4)
+    model = models.from_config(config.model, config.get("fm"), 4)
     tx, schedule = optimizer.make_optimizer(config.optim, model, 1000, 100)
     state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-    train_step, _ = steps.make_steps(model, config, schedule, mesh)
+    train_step, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                     config.normalize)
     flops = xla_flops(train_step.lower(state, batch, jax.random.key(0)).compile())
     state, m = train_step(state, batch, jax.random.key(0))  # compile + warm-up
     jax.block_until_ready(m)

@@ -72,7 +72,8 @@ def time_train_step(num_classes, image_size, batch, steps):
   tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=1000,
                                           steps_per_epoch=100)
   state = steps_lib.create_state(jax.random.key(0), model, tx, image_size, mesh)
-  train_step, _ = steps_lib.make_steps(model, config, schedule, mesh)
+  train_step, _ = steps_lib.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                       config.normalize)
   device_batch = parallel.shard_batch(batch, mesh)
   rng = jax.random.key(1)
   for i in range(2):                    # compile + one warm step

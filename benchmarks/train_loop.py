@@ -43,7 +43,8 @@ CASES = {
 RUN = """
 import json, sys
 sys.path.insert(0, {tree!r})
-from cellvit_jax import config_file, train
+from cellvit_jax.config import files as config_file
+from cellvit_jax.modes import train
 config = config_file.load({config!r})
 for key, value in {overrides!r}.items():
   node = config

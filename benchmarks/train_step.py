@@ -88,7 +88,8 @@ def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compi
                        **config.model.kwargs)
   tx, schedule = optimizer.make_optimizer(config.optim, model, total_steps=10_000,
                                           steps_per_epoch=100)
-  train_step, _ = steps.make_steps(model, config, schedule, mesh)
+  train_step, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                   config.normalize)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
       "image": rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),

@@ -29,14 +29,14 @@ def _step_before_the_switches(model, config, schedule):
   def augment(images, rng):
     x = normalize.to_float(images)
     x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
-    blur_args = steps.blur_augment_config(config)
+    blur_args = steps.blur_augment_config(config.augment)
     if blur_args is not None:
       x = augment_ops.random_blur(jax.random.fold_in(rng, steps._BLUR_STREAM), x, *blur_args)
     return x
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
-    images = steps.model_input(model, augment(batch["image"], aug_rng), config)
+    images = steps.model_input(model, augment(batch["image"], aug_rng), config.normalize)
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
 
@@ -140,8 +140,8 @@ def test_stain_and_colour_jitter_follow_the_flips_with_their_own_streams():
   images, rng = _batch()["image"][:8], jax.random.key(3)
   off = _config(**{"augment.blur.prob": 0.0})
   on = _config(**{"augment.blur.prob": 0.0, "augment.hed.prob": 1.0, "augment.color.prob": 1.0})
-  x_off = steps.augment(images, rng, off)
-  x_on = steps.augment(images, rng, on)
+  x_off = steps.augment(images, rng, off.augment)
+  x_on = steps.augment(images, rng, on.augment)
   hed = color.random_hed_jitter(jax.random.fold_in(rng, steps._HED_STREAM), x_off,
                                 1.0, on.augment.hed.scale, on.augment.hed.shift)
   expect = color.random_color_jitter(jax.random.fold_in(rng, steps._COLOR_STREAM), hed, 1.0,
@@ -165,7 +165,9 @@ def test_step_with_the_switch_on_fits_a_batch(switches, setup):
   colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [150, 150, 150]])
   images = colours[labels][:, None, None, :] + rng.normal(0, 30, (16, 40, 40, 3))
   batch = {"image": np.clip(images, 0, 255).astype(np.uint8), "label": labels.astype(np.int32)}
-  step = jax.jit(steps.make_train_step(model, _config(**switches), schedule))
+  config = _config(**switches)
+  step = jax.jit(steps.make_train_step(model, schedule, config.optim, config.augment,
+                                       config.normalize))
   losses = []
   for i in range(30):
     state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(1), i))

@@ -43,8 +43,9 @@ def test_preprocess_blur_augmentation_blurs_after_flips(tiny_data_dir):
   on = tiny_config(tiny_data_dir, **{"augment.blur.prob": 1.0, "augment.blur.sigma_min": 1.0,
                                      "augment.blur.sigma_max": 1.5})
   model = models.build("customvit", 4, **off.model.kwargs)
-  x_off = steps.model_input(model, steps.augment(images, rng, off), off)
-  x_on = jax.jit(lambda im, r: steps.model_input(model, steps.augment(im, r, on), on))(images, rng)
+  x_off = steps.model_input(model, steps.augment(images, rng, off.augment), off.normalize)
+  x_on = jax.jit(lambda im, r: steps.model_input(model, steps.augment(im, r, on.augment),
+                                                 on.normalize))(images, rng)
   assert np.abs(np.asarray(x_on) - np.asarray(x_off)).max() > 0.05
   # Same flips/rotations as without blur, then the blur (linear, weights summing to 1, so
   # it commutes with the per-channel affine normalisation).

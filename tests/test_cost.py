@@ -16,8 +16,10 @@ def _config(depth):
 
 
 def test_flops_grow_with_depth_and_rows_are_complete():
-  shallow = cost.config_cost(_config(1), batch_sizes=(1, 4), min_seconds=0.0)
-  deep = cost.config_cost(_config(3), batch_sizes=(1, 4), min_seconds=0.0)
+  shallow = cost.config_cost(_config(1).model, _config(1).normalize, batch_sizes=(1, 4),
+                            min_seconds=0.0)
+  deep = cost.config_cost(_config(3).model, _config(3).normalize, batch_sizes=(1, 4),
+                         min_seconds=0.0)
   assert shallow["gflops_per_image"] > 0
   assert set(deep["images_per_sec"]) == {"1", "4"}
   assert all(v > 0 for v in deep["images_per_sec"].values())
@@ -30,7 +32,7 @@ def test_flops_grow_with_depth_and_rows_are_complete():
 
 def test_bad_batch_sizes_are_named():
   with pytest.raises(ValueError, match="batch_sizes"):
-    cost.config_cost(_config(1), batch_sizes=(0,))
+    cost.config_cost(_config(1).model, _config(1).normalize, batch_sizes=(0,))
 
 
 def test_replace_block_rewrites_only_the_marked_table(tmp_path):
@@ -47,8 +49,8 @@ def test_replace_block_rewrites_only_the_marked_table(tmp_path):
 
 def test_config_model_reads_a_config_and_a_results_row_alike():
   config = _config(1)
-  from_config = cost.config_model(config)
-  from_row = cost.config_model(config.to_dict())  # a results.json's `config`
+  from_config = cost.config_model(config.model)
+  from_row = cost.config_model(config.to_dict()["model"])  # a results.json's `config`
   assert from_config == from_row and from_config.depth == 1 and from_config.num_classes == 4
 
 

@@ -31,7 +31,8 @@ def test_the_average_follows_the_weights_with_its_warmed_up_decay():
   config, model, schedule, state = _setup(0.9)
   assert isinstance(state, steps.EmaTrainState)
   assert state.ema["batch_stats"], "the conv stem's BatchNorm statistics are averaged"
-  step = jax.jit(steps.make_train_step(model, config, schedule))
+  step = jax.jit(steps.make_train_step(model, schedule, config.optim, config.augment,
+                                       config.normalize))
   expected = jax.device_get(state.ema)
   for i in range(3):
     state, _ = step(state, _batch(i), jax.random.key(i))
@@ -51,7 +52,8 @@ def test_the_training_trajectory_is_the_same_with_and_without_it():
   assert type(without[3]) is steps.TrainState  # off: the state runs stored before EMA had
   params = []
   for config, model, schedule, state in (with_ema, without):
-    step = jax.jit(steps.make_train_step(model, config, schedule))
+    step = jax.jit(steps.make_train_step(model, schedule, config.optim, config.augment,
+                                         config.normalize))
     for i in range(2):
       state, _ = step(state, _batch(i), jax.random.key(i))
     params.append(jax.device_get(state.params))
@@ -64,8 +66,8 @@ def test_evaluation_uses_the_average():
   shifted = jax.tree.map(lambda x: x + 0.05, state.ema)
   state = state.replace(ema=shifted)
   images = np.random.default_rng(0).random((4, 40, 40, 3)).astype(np.float32)
-  got = steps.eval_logits(model, config, state, images)
-  x = steps.model_input(model, images, config)
+  got = steps.eval_logits(model, config.normalize, state, images)
+  x = steps.model_input(model, images, config.normalize)
   want = model.apply(shifted, x, train=False)
   plain = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -86,14 +88,15 @@ def test_a_state_without_the_average_is_refused_when_the_config_asks_for_it():
   config, model, schedule, _ = _setup(0.9)
   plain = _setup(0.0)[3]
   with pytest.raises(ValueError, match="ema_decay"):
-    steps.make_train_step(model, config, schedule)(plain, _batch(), jax.random.key(0))
+    step = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
+    step(plain, _batch(), jax.random.key(0))
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
 def test_bad_decays_are_named(value):
   config = tiny_config("unused", **{"optim.ema_decay": value})
   with pytest.raises(ValueError, match="optim.ema_decay"):
-    optimizer.check_optim(config)
+    optimizer.check_optim(config.optim)
 
 
 def test_runs_stored_before_it_load_with_it_off():

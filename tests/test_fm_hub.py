@@ -66,7 +66,7 @@ _RESOLVE = """
 import json, os, sys
 if os.environ.get("TEST_WITHOUT_TORCH"):
   sys.modules["torch"] = None  # import torch now raises ImportError, as without torch installed
-from cellvit_jax.models import fm_presets, fm_weights
+from cellvit_jax.models.fm import presets as fm_presets, weights as fm_weights
 for weights in sys.argv[2:]:
   try:
     ckpt = fm_weights.inspect(weights, fm_presets.get(sys.argv[1]))

@@ -32,7 +32,8 @@ def _config(spec, weights_dir, **fm):
 
 
 def _build(spec, weights_dir, **fm):
-  return foundation.build(_config(spec, weights_dir, **fm), 4)
+  config = _config(spec, weights_dir, **fm)
+  return foundation.build(config.fm, 4, config.model.dtype)
 
 
 def test_weights_of_another_family_name_both(weights):
@@ -54,7 +55,7 @@ def test_truncated_safetensors(weights, tmp_path):
   with pytest.raises(ValueError, match=rf"model.safetensors' is truncated or not a safetensors "
                                        rf"file \({size // 2} bytes; .*not fully covered"):
     config = _config("phikon,probe", bad)
-    foundation.pretrained_backbone(config, foundation.build(config, 0))
+    foundation.pretrained_backbone(config.fm, foundation.build(config.fm, 0, config.model.dtype))
   with open(path, "r+b") as f:
     f.truncate(4)
   with pytest.raises(ValueError, match="truncated"):
@@ -67,11 +68,11 @@ def test_checkpoint_with_another_hidden_size(weights, tmp_path):
   other = fm_tiny.write_tiny("phikon", str(tmp_path / "wide"), hidden=48)
   shutil.copy(os.path.join(other, "model.safetensors"), os.path.join(bad, "model.safetensors"))
   config = _config("phikon,probe", bad)
-  model = foundation.build(config, 0)  # config.json says hidden 32
+  model = foundation.build(config.fm, 0, config.model.dtype)  # config.json says hidden 32
   with pytest.raises(ValueError, match=r"tensor embeddings.cls_token has shape \(1, 1, 48\) in "
                                        r"model.safetensors but config.json describe vit hidden 32.*"
                                        r"needs \(1, 1, 32\)"):
-    foundation.pretrained_backbone(config, model)
+    foundation.pretrained_backbone(config.fm, model)
 
 
 @pytest.mark.parametrize("preset", ["phikon", "uni"])
@@ -115,7 +116,7 @@ def test_bad_fm_options_and_presets(weights):
   with pytest.raises(ValueError, match="mode 'train' is not one of probe, finetune"):
     _config("uni,train", "")
   with pytest.raises(ValueError, match=r"layer_decay=1.5 must be in \(0, 1\]"):
-    foundation.build(_config("uni,finetune", weights["uni"], layer_decay=1.5), 4)
+    foundation.build(_config("uni,finetune", weights["uni"], layer_decay=1.5).fm, 4)
 
 
 def test_converter_refuses_unsupported_timm_layouts(weights, tmp_path):

@@ -110,7 +110,7 @@ def test_finetune_through_main_starts_from_weights_and_resumes(finetune_run, wei
   run = finished_run.load_run(workdir)
   assert run.input_size == 32 and run.resize_method == "bilinear"
   config = fm_config("phikon,finetune", tiny_data_dir, weights["phikon"], "")
-  published = foundation.pretrained_backbone(config, run.model)
+  published = foundation.pretrained_backbone(config.fm, run.model)
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                       run.state.params["backbone"], published)
   # Fine-tuned from the published weights: moved, but only by 4 small steps.
@@ -169,8 +169,8 @@ def test_bf16_compute_keeps_float32_params_and_close_features(weights, tiny_data
   out = {}
   for dtype in ("float32", "bfloat16"):
     config = fm_config("uni,finetune", tiny_data_dir, weights["uni"], "", **{"model.dtype": dtype})
-    model = foundation.build(config, 0)
-    params = {"backbone": foundation.pretrained_backbone(config, model)}
+    model = foundation.build(config.fm, 0, config.model.dtype)
+    params = {"backbone": foundation.pretrained_backbone(config.fm, model)}
     assert {p.dtype for p in jax.tree.leaves(params)} == {np.dtype("float32")}
     out[dtype] = np.asarray(model.apply({"params": params}, images))
   assert out["bfloat16"].dtype == np.float32
@@ -181,7 +181,7 @@ def test_bf16_compute_keeps_float32_params_and_close_features(weights, tiny_data
 def test_layer_decay_depths_and_scales(preset, weights, tiny_data_dir):
   config = fm_config(f"{preset},finetune", tiny_data_dir, weights[preset], "",
                      **{"fm.layer_decay": 0.5})
-  model = foundation.build(config, 4)
+  model = foundation.build(config.fm, 4, config.model.dtype)
   params = model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
   scales = foundation.layer_decay_scales(params, 2, 0.5)
   flat = {"/".join(str(k.key) for k in path): s
@@ -198,7 +198,8 @@ def test_layer_decay_depths_and_scales(preset, weights, tiny_data_dir):
 
 def test_weight_decay_spares_tokens_positions_norms_and_biases(weights, tiny_data_dir):
   config = fm_config("plip,finetune", tiny_data_dir, weights["plip"], "")
-  params = foundation.build(config, 4).init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
+  model = foundation.build(config.fm, 4, config.model.dtype)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))["params"]
   flat = {"/".join(str(k.key) for k in path): m for path, m in
           jax.tree_util.tree_leaves_with_path(foundation.weight_decay_mask(params))}
   decayed = {k for k, m in flat.items() if m}

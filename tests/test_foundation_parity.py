@@ -35,8 +35,8 @@ def _fm_config(preset, weights, **fm):
 def _ours(preset, weights, images01, **fm):
   """Our features for float [0, 1] NHWC images already at the model's input size."""
   config = _fm_config(preset, weights, **fm)
-  model = foundation.build(config, 0)
-  params = {"backbone": foundation.pretrained_backbone(config, model)}
+  model = foundation.build(config.fm, 0, config.model.dtype)
+  params = {"backbone": foundation.pretrained_backbone(config.fm, model)}
   return np.asarray(model.apply({"params": params}, jnp.asarray(images01)))
 
 

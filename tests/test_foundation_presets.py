@@ -58,7 +58,7 @@ def test_finetune_starts_from_the_checkpoint(preset, weights, tiny_data_dir, tmp
     results = json.load(f)
   assert results["finished"] and results["step"] == 2 and results["config"]["mode"] == "finetune"
   run = finished_run.load_run(workdir)
-  published = foundation.pretrained_backbone(config, run.model)
+  published = foundation.pretrained_backbone(config.fm, run.model)
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                       run.state.params["backbone"], published)
   assert 0 < max(jax.tree.leaves(diff)) < 0.02  # moved from the published weights, a little

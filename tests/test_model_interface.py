@@ -61,7 +61,8 @@ def test_the_step_normalises_only_for_models_that_do_not_normalise_themselves():
   class SelfNormalising(_TwoLayers):
     normalizes_input = True
 
-  np.testing.assert_array_equal(steps.model_input(SelfNormalising(), x, config), x)
+  np.testing.assert_array_equal(steps.model_input(SelfNormalising(), x, config.normalize), x)
   expected = (0.5 - np.asarray(config.normalize.mean)) / np.asarray(config.normalize.std)
-  np.testing.assert_allclose(steps.model_input(_TwoLayers(), x, config)[0, 0, 0], expected,
+  np.testing.assert_allclose(steps.model_input(_TwoLayers(), x, config.normalize)[0, 0, 0],
+                             expected,
                              rtol=1e-6)

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import models, optimizer, parallel, steps
+    from cellvit_jax import models, parallel
+    from cellvit_jax.engine import optimizer, steps
     parallel.maybe_initialize_distributed()
     from conftest import tiny_config
     pid, nproc = jax.process_index(), jax.process_count()
@@ -34,7 +35,8 @@ SCRIPT = textwrap.dedent("""
       mesh = parallel.make_mesh()
       tx, schedule = optimizer.make_optimizer(config.optim, model, 12, 2)
       state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-      train_step, _ = steps.make_steps(model, config, schedule, mesh)
+      train_step, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                       config.normalize)
       losses, per = [], 32 // nproc
       for i, batch in enumerate(batches):
         local = {{k: v[pid * per:(pid + 1) * per] for k, v in batch.items()}}

@@ -78,7 +78,7 @@ def test_auto_dtype_is_bf16_on_accelerators_and_fp32_on_cpu():
   assert dtypes.resolve_dtype("bfloat16", "cpu") == "bfloat16"
   config = tiny_config("unused")
   assert config.model.dtype == "auto"
-  resolved = dtypes.with_resolved_dtype(config)
+  resolved = train.resolved(config)
   assert resolved.model.dtype == "float32" and config.model.dtype == "auto"  # a copy
 
 
@@ -157,8 +157,9 @@ def dispatch_runs(model, feeds, batch):
   config = tiny_config("unused")
   mesh = parallel.make_mesh()
   tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
-  pure = steps.make_train_step(model, config, schedule)
-  jitted, _ = steps.make_steps(model, config, schedule, mesh)
+  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
+  jitted, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                               config.normalize)
   rng = np.random.default_rng(0)
   images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
   index = [rng.integers(0, 50, batch).astype(np.int32) for _ in range(3)]

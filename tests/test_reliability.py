@@ -129,7 +129,7 @@ def test_checkpoint_cut_off_mid_write_never_becomes_latest(tiny_data_dir, tmp_pa
 
 # --- one run per workdir (workdir_lock) ----------------------------------------------------
 
-HOLDER = ("import sys, time\nfrom cellvit_jax import workdir_lock\n"
+HOLDER = ("import sys, time\nfrom cellvit_jax.runs import lock as workdir_lock\n"
           "workdir_lock.acquire(sys.argv[1], *sys.argv[2:])\nprint('held', flush=True)\n"
           "time.sleep(600)\n")
 

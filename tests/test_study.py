@@ -121,7 +121,7 @@ def test_grid_order_workers_and_validation(tiny_data_dir, tmp_path):
 
 def test_unregistered_mode_and_bad_override_fail_before_any_cell(tiny_data_dir, tmp_path):
   fm = tmp_path / "fm_like.py"
-  fm.write_text("from cellvit_jax import default_config\n"
+  fm.write_text("from cellvit_jax.config import defaults as default_config\n"
                 "def get_config(arg):\n"
                 "  c = default_config.get_config()\n"
                 "  c.mode = arg.split(',')[1]\n"

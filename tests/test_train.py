@@ -77,7 +77,8 @@ EQUIVALENCE = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from cellvit_jax import models, optimizer, parallel, steps
+    from cellvit_jax import models, parallel
+    from cellvit_jax.engine import optimizer, steps
     from conftest import tiny_config
     assert jax.device_count() == 8
     config = tiny_config("unused")
@@ -91,7 +92,8 @@ EQUIVALENCE = textwrap.dedent("""
         mesh = parallel.make_mesh(jax.devices()[:n])
         tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
         state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-        train_step, _ = steps.make_steps(model, config, schedule, mesh)
+        train_step, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                                         config.normalize)
         losses = []
         for i, batch in enumerate(batches):
           state, m = train_step(state, parallel.shard_batch(batch, mesh), jax.random.key(i))

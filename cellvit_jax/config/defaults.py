@@ -1,4 +1,4 @@
-"""Shared base config. configs/*.py import it (`from cellvit_jax import default_config as default`)
+"""Shared base config. configs/*.py import it (`from cellvit_jax.config import defaults as default`)
 and override a few fields.
 
 Hyper-parameters here are our choices (the paper's are not public), picked so that the

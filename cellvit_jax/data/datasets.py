@@ -115,6 +115,12 @@ def synthetic_spec(config_dataset) -> synthetic_cells.SyntheticSpec:
   return synthetic_cells.SyntheticSpec(**given)
 
 
+def open_configured(dataset_cfg, log=print) -> CellDataset:
+  """The dataset config.dataset names (built on first use when it is synthetic)."""
+  return open_dataset(dataset_cfg.name, dataset_cfg.data_dir,
+                      synthetic=synthetic_spec(dataset_cfg), log=log)
+
+
 def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpec,
                     workers: int = 0):
   """Renders and writes a synthetic_cells dataset; workers=0: one thread per core (up to 16)."""

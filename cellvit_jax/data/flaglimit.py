@@ -27,3 +27,11 @@ def select(labels, limit: int, seed: int) -> np.ndarray:
 
 def counts(labels, indices, num_classes: int) -> np.ndarray:
   return np.bincount(np.asarray(labels)[indices], minlength=num_classes)
+
+
+def training_subset(dataset, dataset_cfg, seed: int):
+  """(indices, per-class counts) of the FlagLimit subset a run trains on: config.dataset's
+  train_split and flaglimit with the run's seed. Every mode derives it here."""
+  labels = dataset.labels(dataset_cfg.train_split)
+  indices = select(labels, dataset_cfg.flaglimit, seed)
+  return indices, counts(labels, indices, dataset.num_classes)

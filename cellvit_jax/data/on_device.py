@@ -18,10 +18,10 @@ from cellvit_jax import parallel
 _ON_DEVICE = {"auto": None, "true": True, "false": False}
 
 
-def check_config(config):
+def check_config(dataset_cfg):
   """One-line errors for config.dataset.on_device and config.dataset.on_device_max_mb."""
-  on_device_setting(config.dataset.on_device)
-  mb = config.dataset.on_device_max_mb
+  on_device_setting(dataset_cfg.on_device)
+  mb = dataset_cfg.on_device_max_mb
   if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0:
     raise ValueError(f"config.dataset.on_device_max_mb={mb!r} must be a number of megabytes >= 0, "
                      "e.g. 1024")

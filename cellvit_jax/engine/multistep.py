@@ -26,9 +26,8 @@ from cellvit_jax import parallel
 from cellvit_jax.data import on_device
 
 
-def check_config(config):
+def check_steps_per_dispatch(k):
   """One-line error for config.train.steps_per_dispatch."""
-  k = config.train.steps_per_dispatch
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 (train "
                      "steps per jitted call), e.g. 1 on CPU or 16 on a GPU")

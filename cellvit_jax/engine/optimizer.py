@@ -30,11 +30,11 @@ _OPTIM_RANGES = {
 }
 
 
-def check_optim(config):
+def check_optim(optim_cfg):
   """Range checks of config.optim, before anything is written (one-line errors)."""
   for key, (low, strict, high, meaning, example) in _OPTIM_RANGES.items():
-    if key in config.optim:
-      config_ranges.check_number(f"optim.{key}", config.optim[key], low, high, low_open=strict,
+    if key in optim_cfg:
+      config_ranges.check_number(f"optim.{key}", optim_cfg[key], low, high, low_open=strict,
                                  high_open=True, note=meaning, example=example)
 
 

@@ -40,32 +40,32 @@ class EmaTrainState(TrainState):
   ema: Any = flax.struct.field(default_factory=dict)
 
 
-def blur_augment_config(config):
+def blur_augment_config(augment_cfg):
   """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off."""
-  b = config.augment.blur
+  b = augment_cfg.blur
   if float(b.prob) == 0.0:
     return None
   return float(b.prob), float(b.sigma_min), float(b.sigma_max)
 
 
-def hed_augment_config(config):
+def hed_augment_config(augment_cfg):
   """config.augment.hed as (prob, scale, shift) floats, or None when it is off."""
-  h = config.augment.hed
+  h = augment_cfg.hed
   args = color.check_hed_args(h.prob, h.scale, h.shift)
   return None if color.hed_is_off(*args) else args
 
 
-def color_augment_config(config):
+def color_augment_config(augment_cfg):
   """config.augment.color as (prob, brightness, contrast, saturation), or None when off."""
-  c = config.augment.color
+  c = augment_cfg.color
   args = color.check_color_args(c.prob, c.brightness, c.contrast, c.saturation)
   return None if color.color_is_off(*args) else args
 
 
-def mix_config(config):
+def mix_config(augment_cfg):
   """(config.augment.mixup_alpha, config.augment.cutmix_alpha), or None when both are 0."""
-  alphas = (mixing.check_alpha("mixup_alpha", config.augment.mixup_alpha),
-            mixing.check_alpha("cutmix_alpha", config.augment.cutmix_alpha))
+  alphas = (mixing.check_alpha("mixup_alpha", augment_cfg.mixup_alpha),
+            mixing.check_alpha("cutmix_alpha", augment_cfg.cutmix_alpha))
   return None if alphas == (0.0, 0.0) else alphas
 
 
@@ -79,52 +79,52 @@ _AUGMENT_RANGES = {
 }
 
 
-def check_augment(config):
+def check_augment(augment_cfg):
   """Range checks of config.augment, before anything is written (one-line errors)."""
-  b = config.augment.blur
+  b = augment_cfg.blur
   try:
     augment_ops.sample_blur_sigma(jax.random.key(0), 1, float(b.prob), float(b.sigma_min),
                                   float(b.sigma_max))
   except ValueError as e:
     raise ValueError(f"config.augment.blur: {e}") from None
   for key, (high, example) in _AUGMENT_RANGES.items():
-    node = config.augment
+    node = augment_cfg
     for part in key.split("."):
       node = node[part]
     config_ranges.check_number(f"augment.{key}", node, 0.0, high, note="0 turns it off",
                                example=example)
 
 
-def augment(images, rng, config):
+def augment(images, rng, augment_cfg):
   """uint8 (B, H, W, 3) -> float [0, 1] with train-time augmentation: random flips / 90-degree
   rotations, then each one that is on, per sample: stain (HED) jitter, colour jitter,
   Gaussian blur (the order a slide meets them: staining, the scanner's colour, its focus)."""
   x = normalize.to_float(images)
-  x = dihedral.random_dihedral(rng, x, flip=config.augment.flip, rot90=config.augment.rot90)
-  hed_args = hed_augment_config(config)
+  x = dihedral.random_dihedral(rng, x, flip=augment_cfg.flip, rot90=augment_cfg.rot90)
+  hed_args = hed_augment_config(augment_cfg)
   if hed_args is not None:
     x = color.random_hed_jitter(jax.random.fold_in(rng, _HED_STREAM), x, *hed_args)
-  color_args = color_augment_config(config)
+  color_args = color_augment_config(augment_cfg)
   if color_args is not None:
     x = color.random_color_jitter(jax.random.fold_in(rng, _COLOR_STREAM), x, *color_args)
-  blur_args = blur_augment_config(config)
+  blur_args = blur_augment_config(augment_cfg)
   if blur_args is not None:
     x = augment_ops.random_blur(jax.random.fold_in(rng, _BLUR_STREAM), x, *blur_args)
   return x
 
 
-def model_input(model, images01, config):
+def model_input(model, images01, normalize_cfg):
   """Float [0, 1] images -> what `model` takes: normalised with config.normalize, unless the
   model normalises (and resizes) its input itself (the foundation models)."""
   if model.normalizes_input:
     return images01
-  return normalize.normalize(images01, config.normalize.mean, config.normalize.std)
+  return normalize.normalize(images01, normalize_cfg.mean, normalize_cfg.std)
 
 
-def eval_logits(model, config, state, images01):
+def eval_logits(model, normalize_cfg, state, images01):
   """Float [0, 1] images at the model's input size -> float32 logits (normalise, eval mode),
   from the weights' moving average when the run keeps one."""
-  x = model_input(model, images01, config)
+  x = model_input(model, images01, normalize_cfg)
   return model.apply(_eval_variables(state), x, train=False).astype(jnp.float32)
 
 
@@ -166,17 +166,18 @@ def _tree_norm(tree):
   return optax.tree.norm(tree)
 
 
-def make_train_step(model, config, schedule):
+def make_train_step(model, schedule, optim_cfg, augment_cfg, normalize_cfg):
   """The pure train step `(state, batch, rng) -> (state, metrics)`, not jitted: make_steps
-  jits it alone, multistep.py runs several in one call."""
+  jits it alone, multistep.py runs several in one call. The sections are config.optim
+  (label smoothing, EMA), config.augment and config.normalize."""
   num_classes = model.num_classes
-  smoothing = config.optim.label_smoothing
-  mix_args = mix_config(config)
-  ema_decay = float(config.optim.ema_decay)
+  smoothing = optim_cfg.label_smoothing
+  mix_args = mix_config(augment_cfg)
+  ema_decay = float(optim_cfg.ema_decay)
 
   def train_step(state, batch, rng):
     aug_rng, dropout_rng = jax.random.split(rng)
-    images = model_input(model, augment(batch["image"], aug_rng, config), config)
+    images = model_input(model, augment(batch["image"], aug_rng, augment_cfg), normalize_cfg)
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
     if mix_args is not None:
@@ -222,12 +223,12 @@ def make_train_step(model, config, schedule):
   return train_step
 
 
-def make_steps(model, config, schedule, mesh):
-  """Returns jitted (train_step, eval_step) for `model`."""
-  train_step = make_train_step(model, config, schedule)
+def make_steps(model, schedule, mesh, optim_cfg, augment_cfg, normalize_cfg):
+  """Returns jitted (train_step, eval_step) for `model` (the sections as make_train_step's)."""
+  train_step = make_train_step(model, schedule, optim_cfg, augment_cfg, normalize_cfg)
 
   def eval_step(state, batch):
-    logits = eval_logits(model, config, state, normalize.to_float(batch["image"]))
+    logits = eval_logits(model, normalize_cfg, state, normalize.to_float(batch["image"]))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]
     return {"pred": jnp.argmax(logits, -1).astype(jnp.int32),

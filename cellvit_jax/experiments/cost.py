@@ -86,46 +86,45 @@ def measure_forward(forward: Callable, variables, *, batch_sizes: Sequence[int] 
   return out
 
 
-def model_forward(model, config, input_size: int):
+def model_forward(model, normalize_cfg, input_size: int):
   """uint8 native patches -> logits, the way evaluation runs the model."""
   def forward(variables, images):
     x = normalize.to_float(images)
     if x.shape[1] != input_size:
       x = jax.image.resize(x, (x.shape[0], input_size, input_size, x.shape[3]), "bilinear")
-    x = normalize.normalize(x, config.normalize.mean, config.normalize.std)
+    x = normalize.normalize(x, normalize_cfg.mean, normalize_cfg.std)
     return model.apply(variables, x, train=False).astype(jnp.float32)
   return forward
 
 
-def config_model(config, num_classes: int = 4):
-  """The registry model a config describes: a ConfigDict, or the plain dict of a results.json's
-  `config` (its kwargs as JSON wrote them)."""
-  model_config = config["model"]
+def config_model(model_config, num_classes: int = 4):
+  """The registry model a config.model section describes: a ConfigDict, or the plain dict of a
+  results.json's config["model"] (its kwargs as JSON wrote them)."""
   return models.build(model_config["name"], num_classes,
                       dtype=dtypes.compute_dtype(model_config["dtype"]),
                       **model_config.get("kwargs", {}))
 
 
-def config_cost(config, *, num_classes: int = 4, batch_sizes: Sequence[int] = (1, 256),
-                min_seconds: float = 1.0) -> dict:
+def config_cost(model_cfg, normalize_cfg, *, num_classes: int = 4,
+                batch_sizes: Sequence[int] = (1, 256), min_seconds: float = 1.0) -> dict:
   """Cost of the registry model a training config describes, at 40x40 input."""
-  model = config_model(config, num_classes)
+  model = config_model(model_cfg, num_classes)
   dummy = jnp.zeros((1, NATIVE_SIZE, NATIVE_SIZE, 3), jnp.float32)
   variables = jax.jit(lambda rng: model.init({"params": rng, "dropout": rng}, dummy, train=False))(
       jax.random.key(0))
   row = {
-      "model": config.model.name,
+      "model": model_cfg.name,
       "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
       "input_size": NATIVE_SIZE,
-      "dtype": dtypes.resolve_dtype(config.model.dtype),
+      "dtype": dtypes.resolve_dtype(model_cfg.dtype),
   }
-  row.update(measure_forward(model_forward(model, config, NATIVE_SIZE), variables,
+  row.update(measure_forward(model_forward(model, normalize_cfg, NATIVE_SIZE), variables,
                              batch_sizes=batch_sizes, min_seconds=min_seconds))
   counted = model.counted_form()
   if counted is not model:  # speed as it runs here, FLOPs in the backend-independent form
     b = max(int(b) for b in batch_sizes)
     images = jnp.zeros((b, NATIVE_SIZE, NATIVE_SIZE, 3), jnp.uint8)
-    forward = jax.jit(model_forward(counted, config, NATIVE_SIZE))
+    forward = jax.jit(model_forward(counted, normalize_cfg, NATIVE_SIZE))
     compiled = forward.lower(variables, images).compile()
     row["gflops_per_image"] = xla_flops(compiled) / b / 1e9
   return row
@@ -188,7 +187,8 @@ def main(argv):
     if not os.path.isfile(spec.partition(":")[0]):
       raise SystemExit(f"error: config file {spec!r} not found "
                        "(--configs takes configs/*.py paths)")
-    row = config_cost(config_files.load(spec),
+    config = config_files.load(spec)
+    row = config_cost(config.model, config.normalize,
                       batch_sizes=[int(b) for b in f.batch_sizes], min_seconds=f.min_seconds)
     print(json.dumps(row), flush=True)
     rows.append(row)

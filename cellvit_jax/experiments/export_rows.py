@@ -39,7 +39,7 @@ def define_flags():
 
 def model_gflops(config_dict: dict, num_classes: int) -> float:
   """XLA's FLOPs of one 40x40 image through the registry model of a run's config, in G."""
-  model = cost.config_model(config_dict, num_classes).counted_form()
+  model = cost.config_model(config_dict["model"], num_classes).counted_form()
   x = jnp.zeros((8, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()

@@ -51,17 +51,18 @@ def build(name: str, num_classes: int, dtype=None, **kwargs):
   return cls(num_classes=num_classes, **kwargs)
 
 
-def from_config(config, num_classes: int):
-  """The model a config trains: a foundation model when config.fm.preset is set, else the
-  registry entry config.model.name with config.model.kwargs."""
-  if fm_presets.is_foundation(config):
-    return foundation.build(config, num_classes)
-  return build(config.model.name, num_classes, dtype=dtypes.compute_dtype(config.model.dtype),
-               **config.model.kwargs)
+def from_config(model_cfg, fm_cfg, num_classes: int):
+  """The model of config.model and config.fm (None when the config has no fm section): a
+  foundation model when fm_cfg.preset is set, else the registry entry model_cfg.name with
+  model_cfg.kwargs."""
+  if fm_presets.is_foundation(fm_cfg):
+    return foundation.build(fm_cfg, num_classes, model_cfg.dtype)
+  return build(model_cfg.name, num_classes, dtype=dtypes.compute_dtype(model_cfg.dtype),
+               **model_cfg.kwargs)
 
 
-def with_pretrained(config, model, state, mesh):
+def with_pretrained(fm_cfg, model, state, mesh):
   """A freshly initialised state with its pretrained part loaded (FMs); others unchanged."""
-  if not fm_presets.is_foundation(config):
+  if not fm_presets.is_foundation(fm_cfg):
     return state
-  return foundation.with_pretrained(config, model, state, mesh)
+  return foundation.with_pretrained(fm_cfg, model, state, mesh)

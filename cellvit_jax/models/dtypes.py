@@ -19,15 +19,3 @@ def resolve_dtype(name: str, backend: str = "") -> str:
 
 def compute_dtype(name: str):
   return COMPUTE_DTYPES[resolve_dtype(name)]
-
-
-def with_resolved_dtype(config):
-  """A copy of `config` whose model.dtype names the dtype this backend computes in, so that
-  config.json and results.json record it (and a run moved to another backend is refused as
-  a different config rather than resumed in another precision)."""
-  resolved = resolve_dtype(config.model.dtype)
-  if resolved == config.model.dtype:
-    return config
-  config = config.copy_and_resolve_references()
-  config.model.dtype = resolved
-  return config

@@ -25,7 +25,8 @@ from absl import logging
 
 from cellvit_jax import atomic_files, parallel
 from cellvit_jax.data import pipeline
-from cellvit_jax.modes import finished_run, train
+from cellvit_jax.engine import evaluation
+from cellvit_jax.modes import finished_run
 from cellvit_jax.ops import blur, normalize
 
 DEFAULT_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -86,14 +87,14 @@ def make_blur_eval_step(run, position: str, max_sigma: float, *, truncate: float
 
 def evaluate_grid(run, images, labels, sigmas, position, *, batch_size, truncate=3.0,
                   boundary="reflect"):
-  """Per-sigma metrics dicts (train.evaluate's) for one placement of the blur."""
+  """Per-sigma metrics dicts (evaluation.evaluate's) for one placement of the blur."""
   step = make_blur_eval_step(run, position, max(sigmas), truncate=truncate, boundary=boundary)
   local = parallel.local_batch_size(batch_size)
   out = []
   for s in sigmas:
     sigma = parallel.shard_batch({"sigma": np.full(local, s, np.float32)}, run.mesh)["sigma"]
-    out.append(train.evaluate(lambda state, batch: step(state, batch, sigma), run.state, images,
-                              labels, batch_size, run.mesh, run.dataset.class_names))
+    out.append(evaluation.evaluate(lambda state, batch: step(state, batch, sigma), run.state,
+                                   images, labels, batch_size, run.mesh, run.dataset.class_names))
     logging.info("%s sigma %.2f: accuracy %.4f", position, s, out[-1]["accuracy"])
   return out
 

@@ -19,8 +19,10 @@ from cellvit_jax.models.fm import weights as fm_weights
 from cellvit_jax.runs import write_failures
 
 
-def directory(config) -> str:
-  base = config.fm.cache_dir or os.path.join(
+def directory(fm_cfg) -> str:
+  """The cache's root: config.fm.cache_dir, else $CELLVIT_CACHE/features or
+  ~/.cache/cellvit_jax/features."""
+  base = fm_cfg.cache_dir or os.path.join(
       os.environ.get("CELLVIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                       "cellvit_jax"), "features")
   return os.path.abspath(os.path.expanduser(base))
@@ -34,10 +36,11 @@ def data_sha(images: np.ndarray, labels: np.ndarray) -> str:
   return h.hexdigest()
 
 
-def key(config, model, ckpt, dataset_name: str, split: str, images, labels) -> dict:
+def key(preset: str, model, ckpt, dataset_name: str, split: str, images, labels) -> dict:
+  """Everything an entry's features depend on; `model` the FoundationModel that computes them."""
   return {
       "version": 1,
-      "preset": config.fm.preset,
+      "preset": preset,
       "family": ckpt.family,
       "weights_sha256": fm_weights.weights_hash(ckpt),
       "num_heads": int(ckpt.hf_config.num_attention_heads),
@@ -48,7 +51,7 @@ def key(config, model, ckpt, dataset_name: str, split: str, images, labels) -> d
       "input_size": int(model.input_size),
       "resize_method": model.resize_method,
       "feature": model.feature,
-      "dtype": config.model.dtype,
+      "dtype": np.dtype(model.dtype).name,
   }
 
 

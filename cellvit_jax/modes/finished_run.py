@@ -31,7 +31,8 @@ import ml_collections
 
 from cellvit_jax import models, parallel
 from cellvit_jax.data import datasets, flaglimit
-from cellvit_jax.engine import optimizer, steps, train_length
+from cellvit_jax.engine import steps
+from cellvit_jax.engine import state as state_lib
 from cellvit_jax.modes import probe_head
 from cellvit_jax.ops import normalize
 from cellvit_jax.ops import resize as resize_ops
@@ -65,7 +66,7 @@ class Run:
     return resize_ops.square(images, self.input_size, self.resize_method)
 
   def forward(self, state, images01):
-    return steps.eval_logits(self.model, self.config, state, images01)
+    return steps.eval_logits(self.model, self.config.normalize, state, images01)
 
   def uint8_forward(self, state, images):
     """uint8 native patches -> float32 logits: to [0, 1], resize, forward; jnp, traceable."""
@@ -118,21 +119,18 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
     config.dataset.data_dir = data_dir
   mesh = mesh if mesh is not None else parallel.make_mesh()
 
-  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
-                                  synthetic=datasets.synthetic_spec(config.dataset),
-                                  log=lambda *a: None)
-  model = models.from_config(config, dataset.num_classes)
+  dataset = datasets.open_configured(config.dataset, log=lambda *a: None)
+  model = models.from_config(config.model, config.get("fm"), dataset.num_classes)
   fm = dict(input_size=getattr(model, "input_size", 0),
             resize_method=getattr(model, "resize_method", "bilinear"))
   if is_probe:
-    state = probe_head.head_state(config, model, workdir, mesh)
+    state = probe_head.head_state(config.fm, model, workdir, mesh)
     return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
                step=0, total_steps=0, mesh=mesh, **fm)
   # The optimiser exactly as training built it, so the checkpoint's tree matches.
-  subset = flaglimit.select(dataset.labels(config.dataset.train_split), config.dataset.flaglimit,
-                            config.seed)
-  total, per_epoch = train_length.total_steps(config.train, len(subset), config.train.batch_size)
-  tx, _ = optimizer.make_optimizer(config.optim, model, total, per_epoch)
+  subset, _ = flaglimit.training_subset(dataset, config.dataset, config.seed)
+  plan = state_lib.plan(model, config.optim, config.train, len(subset))
+  total = plan.total_steps
 
   ckpt = checkpoint.Checkpointer(workdir)
   try:
@@ -142,12 +140,8 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
     if step < total and not allow_unfinished:
       raise _not_a_run(workdir, f"its latest checkpoint is step {step} of {total}; rerun the "
                        "training command to finish it")
-    rep = parallel.replicated(mesh)
-    abstract = jax.eval_shape(
-        lambda rng: steps.create_state(rng, model, tx, dataset.image_size, mesh,
-                                       ema=config.optim.ema_decay > 0), jax.random.key(0))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-                            abstract)
+    abstract = state_lib.build_state(model, plan.tx, dataset.image_size, mesh, abstract=True,
+                                     ema=config.optim.ema_decay > 0)
     state = ckpt.restore(abstract, None, step=step)
   finally:
     ckpt.close()

@@ -38,7 +38,8 @@ def probabilities(run, images: np.ndarray, batch_size: int) -> np.ndarray:
   dummy = np.zeros(len(images), np.int32)
   # Every process holds all patches and takes its slice of each global batch; the
   # replicated output comes back in global order with padding only at the end.
-  # All batches are dispatched before one fetch, as train.evaluate does: no host sync per batch.
+  # All batches are dispatched before one fetch, as evaluation.evaluate does: no host sync per
+  # batch.
   out = [step(run.state, parallel.shard_batch({"image": b["image"]}, run.mesh))
          for b in pipeline.eval_batches(images, dummy, batch_size)]
   out = [np.asarray(o) for o in jax.device_get(out)]

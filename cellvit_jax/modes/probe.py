@@ -20,11 +20,10 @@ from absl import logging
 from cellvit_jax import atomic_files, metrics, parallel
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.engine import logistic
-from cellvit_jax.models import dtypes
 from cellvit_jax.models.fm import foundation
 from cellvit_jax.models.fm import presets as fm_presets
 from cellvit_jax.models.fm import weights as fm_weights
-from cellvit_jax.modes import feature_cache, probe_head
+from cellvit_jax.modes import feature_cache, probe_head, train
 from cellvit_jax.ops import normalize
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
@@ -55,7 +54,7 @@ def _metrics(params, x, y, class_names):
 
 def check_config(config, mesh):
   """Everything checkable before a file is written or data is built."""
-  model = foundation.build(config, 0)  # preset, weights directory, input size
+  model = foundation.build(config.fm, 0, config.model.dtype)  # preset, weights, input size
   flaglimit.select([0], config.dataset.flaglimit, config.seed)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
@@ -69,46 +68,43 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_probe(config, workdir: str) -> dict:
-  config = dtypes.with_resolved_dtype(config)  # config.json records the dtype computed in
+  config = train.resolved(config)  # config.json records the dtype computed in
   mesh = parallel.make_mesh()
   model, grid = check_config(config, mesh)
-  workdir = workdir_lib.prepare(workdir, config)
+  workdir = workdir_lib.prepare(workdir, config.to_dict())
   results_path = os.path.join(workdir, "results.json")
   if os.path.exists(results_path) and os.path.exists(os.path.join(workdir, probe_head.HEAD_FILE)):
     logging.info("%s already holds a finished probe; not refitting.", workdir)
     with open(results_path) as f:
       return json.load(f)
-  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
-                                  synthetic=datasets.synthetic_spec(config.dataset),
-                                  log=logging.info)
+  dataset = datasets.open_configured(config.dataset, log=logging.info)
   datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
   datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
-  ckpt = foundation.checkpoint_of(config)
+  ckpt = foundation.checkpoint_of(config.fm)
   loaded = {}
 
   def extract(images):
     # The weights are read only on the first cache miss: a fully cached probe never loads them.
     if not loaded:
       t0 = time.perf_counter()
-      params = parallel.replicate({"backbone": foundation.pretrained_backbone(config, model)}, mesh)
+      params = parallel.replicate({"backbone": foundation.pretrained_backbone(config.fm, model)},
+                                  mesh)
       loaded["fn"] = feature_extractor(model, params, mesh, config.fm.feature_batch_size)
       loaded["seconds"] = time.perf_counter() - t0
     return loaded["fn"](images)
 
-  train_labels = dataset.labels(config.dataset.train_split)
-  subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
-  counts = flaglimit.counts(train_labels, subset, dataset.num_classes)
+  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed)
   splits = {"train": (config.dataset.train_split, subset)}
   for role in ("eval", "test"):
     name = config.dataset[f"{role}_split"]
     splits[role] = (name, np.arange(len(dataset.labels(name))))
-  cache = feature_cache.FeatureCache(feature_cache.directory(config))
+  cache = feature_cache.FeatureCache(feature_cache.directory(config.fm))
   feats, cache_info, feature_seconds = {}, {}, {}
   for role, (split, indices) in splits.items():
     images, labels = pipeline.load_arrays(dataset.source(split), indices)
     if len(labels) == 0:
       raise ValueError(f"split {split!r} of dataset {dataset.name!r} is empty")
-    key = feature_cache.key(config, model, ckpt, dataset.name, split, images, labels)
+    key = feature_cache.key(config.fm.preset, model, ckpt, dataset.name, split, images, labels)
     t = time.perf_counter()
     x, hit = cache.get_or_compute(key, lambda: extract(images))
     feature_seconds[role] = time.perf_counter() - t
@@ -134,7 +130,8 @@ def train_probe(config, workdir: str) -> dict:
   mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
   kernel, bias = w / std[:, None], b - (mean / std) @ w
   results = results_lib.results_record(
-      config, dataset, counts, mesh, test, val, workdir, mode="probe", model=config.fm.preset,
+      config.to_dict(), dataset, counts, mesh, test, val, workdir, mode="probe",
+      model=config.fm.preset,
       num_params=int(sum(np.prod(v.shape) for v in jax.tree.leaves(
           foundation.backbone_abstract(model)))) + int(kernel.size + bias.size),
       feature_dim=int(x_tr.shape[1]),

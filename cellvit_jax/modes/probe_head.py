@@ -8,8 +8,7 @@ import os
 import numpy as np
 import optax
 
-from cellvit_jax import parallel
-from cellvit_jax.engine import steps
+from cellvit_jax.engine import state as state_lib
 from cellvit_jax.models.fm import foundation
 from cellvit_jax.modes import feature_cache
 
@@ -23,21 +22,20 @@ def save(workdir: str, kernel, bias, l2: float):
                              bias=np.asarray(bias, np.float32), l2=np.float64(l2))
 
 
-def head_state(config, model, workdir: str, mesh):
-  """A TrainState of a finished probe: the published backbone and the stored head."""
+def head_state(fm_cfg, model, workdir: str, mesh):
+  """A TrainState of a finished probe: the published backbone (config.fm) and the stored head."""
   path = os.path.join(workdir, HEAD_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} holds no finished probe (no {HEAD_FILE}); run it first: "
                             f"python -m cellvit_jax.main --config=configs/fm.py:"
-                            f"{config.fm.preset},probe --workdir={workdir}")
+                            f"{fm_cfg.preset},probe --workdir={workdir}")
   with np.load(path) as f:
     kernel, bias = f["kernel"], f["bias"]
-  backbone = foundation.pretrained_backbone(config, model)
+  backbone = foundation.pretrained_backbone(fm_cfg, model)
   feature_dim = model.hf_config.hidden_size * (2 if model.feature == "cls_mean" else 1)
   if kernel.shape != (feature_dim, model.num_classes):
     raise ValueError(f"{path} holds a head of shape {kernel.shape} but the model's features and "
                      f"classes need {(feature_dim, model.num_classes)}; the weights or dataset "
                      "changed since the probe ran: rerun it in a new --workdir")
   params = {"backbone": backbone, "head": {"kernel": kernel, "bias": bias}}
-  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
-  return parallel.replicate(state, mesh)
+  return state_lib.build_state(model, optax.identity(), 0, mesh, params=params)

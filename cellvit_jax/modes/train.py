@@ -20,32 +20,15 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from cellvit_jax import atomic_files, metrics, models, parallel
+from cellvit_jax import atomic_files, models, parallel
 from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
-from cellvit_jax.engine import multistep, optimizer, preemption, steps, train_length
+from cellvit_jax.engine import evaluation, multistep, optimizer, preemption, steps, train_length
+from cellvit_jax.engine import state as state_lib
 from cellvit_jax.models import dtypes
 from cellvit_jax.runs import checkpoint, metric_writers
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
 from cellvit_jax.runs import workdir as workdir_lib
-
-
-def evaluate(eval_step, state, images, labels, batch_size, mesh, class_names) -> dict:
-  """Metrics of `state` on a whole split (fixed-shape, padded and masked batches)."""
-  outs, counts = [], []
-  for batch in pipeline.eval_batches(images, labels, batch_size):
-    # Dispatched asynchronously and fetched once after the loop: the host prepares the next
-    # batch while the device runs this one (a per-batch device_get would serialise them).
-    outs.append(eval_step(state, parallel.shard_batch(batch, mesh)))
-    counts.append(int(batch["mask"].sum()))
-  outs = jax.device_get(outs)
-  preds = [np.asarray(o["pred"])[:n] if jax.process_count() == 1 else np.asarray(o["pred"])
-           for o, n in zip(outs, counts)]
-  loss_sum = sum(float(o["loss_sum"]) for o in outs)  # batch order, as before
-  preds = np.concatenate(preds)[:len(labels)]
-  result = metrics.from_confusion(metrics.confusion(labels, preds, len(class_names)), class_names)
-  result["loss"] = loss_sum / max(len(labels), 1)
-  return result
 
 
 def _check_finite(first_step, per_step_metrics):
@@ -60,19 +43,32 @@ def _check_finite(first_step, per_step_metrics):
           "a stronger gradient clip (--config.optim.grad_clip).")
 
 
-def _progress(total, initial, config):
-  enabled = config.train.progress_bar and sys.stderr.isatty() and jax.process_index() == 0
+def _progress(total, initial, train_cfg):
+  enabled = train_cfg.progress_bar and sys.stderr.isatty() and jax.process_index() == 0
   return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def resolved(config):
+  """The config a run records and uses: model.dtype "auto" replaced by the dtype this backend
+  computes in, so that config.json and results.json name it (and a run moved to another
+  backend is refused as a different config rather than resumed in another precision)."""
+  dtype = dtypes.resolve_dtype(config.model.dtype)
+  if dtype == config.model.dtype:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  return config
 
 
 def check_config(config, mesh):
   """Cheap checks of everything a run needs, before any file is written or data built."""
-  models.from_config(config, 2)  # FMs: also reads the weights directory's config and headers
+  # FMs: also reads the weights directory's config and headers.
+  models.from_config(config.model, config.get("fm"), 2)
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
-  steps.check_augment(config)
-  optimizer.check_optim(config)
-  multistep.check_config(config)
-  on_device.check_config(config)
+  steps.check_augment(config.augment)
+  optimizer.check_optim(config.optim)
+  multistep.check_steps_per_dispatch(config.train.steps_per_dispatch)
+  on_device.check_config(config.dataset)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -81,21 +77,17 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_and_evaluate(config, workdir: str) -> dict:
-  config = dtypes.with_resolved_dtype(config)  # "auto" -> what this backend computes in
+  config = resolved(config)
   mesh = parallel.make_mesh()
   check_config(config, mesh)
-  workdir = workdir_lib.prepare(workdir, config)
+  workdir = workdir_lib.prepare(workdir, config.to_dict())
   is_main = jax.process_index() == 0
 
   # Data: the dataset, its FlagLimit training subset, and the evaluation splits in memory.
-  dataset = datasets.open_dataset(config.dataset.name, config.dataset.data_dir,
-                                  synthetic=datasets.synthetic_spec(config.dataset),
-                                  log=logging.info)
+  dataset = datasets.open_configured(config.dataset, log=logging.info)
   datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
   datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
-  train_labels = dataset.labels(config.dataset.train_split)
-  subset = flaglimit.select(train_labels, config.dataset.flaglimit, config.seed)
-  counts = flaglimit.counts(train_labels, subset, dataset.num_classes)
+  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed)
   logging.info("FlagLimit %d (seed %d): %d training patches, per class %s",
                config.dataset.flaglimit, config.seed, len(subset),
                dict(zip(dataset.class_names, counts.tolist())))
@@ -103,16 +95,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 range(len(dataset.labels(config.dataset.eval_split))))
 
   # Model, optimiser and state.
-  model = models.from_config(config, dataset.num_classes)
-  total, steps_per_epoch = train_length.total_steps(config.train, len(subset),
-                                                    config.train.batch_size)
-  tx, schedule = optimizer.make_optimizer(config.optim, model, total, steps_per_epoch)
+  model = models.from_config(config.model, config.get("fm"), dataset.num_classes)
+  plan = state_lib.plan(model, config.optim, config.train, len(subset))
+  total, steps_per_epoch, schedule = plan.total_steps, plan.steps_per_epoch, plan.schedule
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  state = steps.create_state(init_rng, model, tx, dataset.image_size, mesh,
-                             ema=config.optim.ema_decay > 0)
+  state = state_lib.build_state(model, plan.tx, dataset.image_size, mesh, rng=init_rng,
+                                ema=config.optim.ema_decay > 0)
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  train_step, eval_step = steps.make_steps(model, config, schedule, mesh)
+  step_sections = (config.optim, config.augment, config.normalize)
+  train_step, eval_step = steps.make_steps(model, schedule, mesh, *step_sections)
+
+  def evaluate(state, images, labels):
+    return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
+                               mesh, dataset.class_names)
   per_dispatch = config.train.steps_per_dispatch
 
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
@@ -132,14 +128,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("Training subset (%.1f MB of uint8 images) %s; %d step(s) per dispatch.",
                subset_bytes / 2 ** 20, "held on the device(s)" if held_on_device else
                "streamed from the host", per_dispatch)
-  run_steps = multistep.StepRunner(train_step, steps.make_train_step(model, config, schedule), mesh,
-                                  per_dispatch, resident_data)
+  pure_step = steps.make_train_step(model, schedule, *step_sections)
+  run_steps = multistep.StepRunner(train_step, pure_step, mesh, per_dispatch, resident_data)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, train_iter)
     logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
   else:  # a fresh run: foundation models start from their published weights
-    state = steps.reset_ema(models.with_pretrained(config, model, state, mesh))
+    state = steps.reset_ema(models.with_pretrained(config.get("fm"), model, state, mesh))
   start = int(state.step)
   results_path = os.path.join(workdir, "results.json")
   if start >= total and os.path.exists(results_path):
@@ -158,7 +154,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pending, window, timed_steps, timed_seconds, t_mark, val = [], [], 0, 0.0, None, None
   max_steps = config.train.max_steps_per_run
   end = min(total, start + max_steps) if max_steps > 0 else total
-  bar = _progress(total, start, config)
+  bar = _progress(total, start, config.train)
   step, calls = start, 0
   with preemption.PreemptionWatch() as watch:
     while step < end:
@@ -196,8 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['accuracy']:.3f}")
       step = done
       if is_eval:
-        val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
-                       dataset.class_names)
+        val = evaluate(state, val_images, val_labels)
         writer.write(done, "val",
                      {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
         logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
@@ -222,21 +217,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {"workdir": workdir, "step": end, "total_steps": total, "finished": False}
 
   # Test split, final state.
-  test_images, test_labels = pipeline.load_arrays(dataset.source(config.dataset.test_split),
-                                                  range(len(dataset.labels(config.dataset.test_split))))
-  test = evaluate(eval_step, state, test_images, test_labels, config.train.eval_batch_size, mesh,
-                  dataset.class_names)
+  test_split = config.dataset.test_split
+  test_images, test_labels = pipeline.load_arrays(dataset.source(test_split),
+                                                  range(len(dataset.labels(test_split))))
+  test = evaluate(state, test_images, test_labels)
   if val is None:  # resumed at the last step: no evaluation ran in this invocation
-    val = evaluate(eval_step, state, val_images, val_labels, config.train.eval_batch_size, mesh,
-                   dataset.class_names)
+    val = evaluate(state, val_images, val_labels)
   writer.write(total, "test",
                {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
   writer.close()
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
   results = results_lib.results_record(
-      config, dataset, counts, mesh, test, val, workdir, step=total, num_params=num_params,
-      steps=total, train_images_per_sec=images_per_sec, compute_dtype=config.model.dtype,
+      config.to_dict(), dataset, counts, mesh, test, val, workdir, step=total,
+      num_params=num_params, steps=total, train_images_per_sec=images_per_sec,
+      compute_dtype=config.model.dtype,
       train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch)
   if is_main:
     atomic_files.write_json(workdir, "results.json", results)

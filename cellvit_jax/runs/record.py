@@ -8,16 +8,17 @@ import os
 import jax
 
 
-def results_record(config, dataset, counts, mesh, test: dict, val: dict, workdir: str,
-                   **fields) -> dict:
+def results_record(config_dict: dict, dataset, counts, mesh, test: dict, val: dict,
+                   workdir: str, **fields) -> dict:
   """The results.json every finished run writes (train, finetune, probe): the keys that the
-  study, the report and results_table read, plus the mode's own `fields`."""
+  study, the report and results_table read, plus the mode's own `fields`. `config_dict` is
+  the run's config as config.json holds it."""
   return {
       "finished": True,
-      "model": fields.pop("model", config.model.name),
+      "model": fields.pop("model", config_dict["model"]["name"]),
       "dataset": dataset.name,
-      "flaglimit": config.dataset.flaglimit,
-      "seed": config.seed,
+      "flaglimit": config_dict["dataset"]["flaglimit"],
+      "seed": config_dict["seed"],
       "train_examples": int(sum(counts)),
       "train_counts": dict(zip(dataset.class_names, [int(c) for c in counts])),
       **fields,
@@ -26,7 +27,7 @@ def results_record(config, dataset, counts, mesh, test: dict, val: dict, workdir
       "test": test,
       "val": val,
       "workdir": workdir,
-      "config": config.to_dict(),
+      "config": config_dict,
   }
 
 

@@ -34,10 +34,11 @@ def config_differences(old: dict, new: dict) -> list:
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 
-def prepare(workdir: str, config) -> str:
-  """Creates the workdir (or checks it belongs to this config), takes its lock (one run per
-  workdir: workdir_lock; held until the process ends or the caller decorated with
-  workdir_lock.releases_own_locks returns) and records config.json."""
+def prepare(workdir: str, config_dict: dict) -> str:
+  """Creates the workdir (or checks it belongs to this config, `config_dict` as config.json
+  holds it), takes its lock (one run per workdir: workdir_lock; held until the process ends
+  or the caller decorated with workdir_lock.releases_own_locks returns) and records
+  config.json."""
   if not workdir:
     raise ValueError("--workdir is empty; pass a directory for checkpoints and results")
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -56,11 +57,11 @@ def prepare(workdir: str, config) -> str:
   if os.path.exists(config_path) and has_run:
     with open(config_path) as f:
       old = json.load(f)
-    diff = config_differences(old, config.to_dict())
+    diff = config_differences(old, config_dict)
     if diff:
       raise ValueError(f"--workdir {workdir!r} holds a run with a different config (keys differ: "
                        f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); pass a new "
                        "--workdir, or the same config to resume it")
   elif jax.process_index() == 0:  # nothing trained here yet: (re)record the config
-    atomic_files.write_json(workdir, "config.json", config.to_dict())
+    atomic_files.write_json(workdir, "config.json", config_dict)
   return workdir

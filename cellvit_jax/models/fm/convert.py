@@ -252,13 +252,13 @@ def timm_config_heads(path: str) -> int:
     return 0
 
 
-def write_hf_dir(output: str, config: dict, tensors: dict):
+def write_hf_dir(output: str, hf_config: dict, tensors: dict):
   """config.json + model.safetensors, each written atomically."""
   from safetensors.numpy import save_file
   os.makedirs(output, exist_ok=True)
   with atomic_files.atomic_path(os.path.join(output, "model.safetensors")) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
-  atomic_files.write_json(output, "config.json", config)
+  atomic_files.write_json(output, "config.json", hf_config)
 
 
 def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> dict:

@@ -29,10 +29,10 @@ class Output(NamedTuple):
   pooler_output: jax.Array
 
 
-def mlp_width(config) -> int:
+def mlp_width(hf_config) -> int:
   """The MLP's inner width, by transformers' formulas (SwiGLU rounds 2/3 of it up to 8)."""
-  width = int(config.hidden_size * config.mlp_ratio)
-  return (int(width * 2 / 3) + 7) // 8 * 8 if config.use_swiglu_ffn else width
+  width = int(hf_config.hidden_size * hf_config.mlp_ratio)
+  return (int(width * 2 / 3) + 7) // 8 * 8 if hf_config.use_swiglu_ffn else width
 
 
 def interpolate_positions(pos, grid_h: int, grid_w: int):

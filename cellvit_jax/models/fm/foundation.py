@@ -33,17 +33,17 @@ def backbone_class(family: str):
   """The transformers Flax Linen module of a family (imports transformers on first use)."""
   if family == "vit":
     from transformers.models.vit.modeling_flax_vit import FlaxViTModule
-    return lambda config, dtype, name: FlaxViTModule(config, dtype=dtype, add_pooling_layer=False,
-                                                     name=name)
+    return lambda hf_config, dtype, name: FlaxViTModule(hf_config, dtype=dtype,
+                                                        add_pooling_layer=False, name=name)
   if family == "dinov2":
     from transformers.models.dinov2.modeling_flax_dinov2 import FlaxDinov2Module
-    return lambda config, dtype, name: FlaxDinov2Module(config, dtype=dtype, name=name)
+    return lambda hf_config, dtype, name: FlaxDinov2Module(hf_config, dtype=dtype, name=name)
   if family == "clip":
     from transformers.models.clip.modeling_flax_clip import FlaxCLIPVisionModule
-    return lambda config, dtype, name: FlaxCLIPVisionModule(config, dtype=dtype, name=name)
+    return lambda hf_config, dtype, name: FlaxCLIPVisionModule(hf_config, dtype=dtype, name=name)
   if family == "dinov2_registers":
-    return lambda config, dtype, name: dinov2_registers.Dinov2WithRegisters(config, dtype=dtype,
-                                                                            name=name)
+    return lambda hf_config, dtype, name: dinov2_registers.Dinov2WithRegisters(
+        hf_config, dtype=dtype, name=name)
   raise ValueError(f"unknown FM family {family!r}; valid: vit, dinov2, dinov2_registers, clip")
 
 
@@ -98,15 +98,16 @@ class FoundationModel(interface.Model):
                     dtype=self.dtype)(feats).astype(jnp.float32)
 
 
-def checkpoint_of(config) -> fm_weights.Checkpoint:
-  preset = fm_presets.get(config.fm.preset)
-  return fm_weights.inspect(config.fm.weights, preset, int(config.fm.get("num_heads", 0) or 0))
+def checkpoint_of(fm_cfg) -> fm_weights.Checkpoint:
+  """The checkpoint config.fm.weights holds, read and checked against config.fm.preset."""
+  preset = fm_presets.get(fm_cfg.preset)
+  return fm_weights.inspect(fm_cfg.weights, preset, int(fm_cfg.get("num_heads", 0) or 0))
 
 
-def input_size_of(config, ckpt) -> int:
+def input_size_of(fm_cfg, ckpt) -> int:
   """config.fm.input_size (0: the checkpoint's own image size), checked against the patch."""
-  preset = fm_presets.get(config.fm.preset)
-  size = int(config.fm.input_size) or preset.input_size or ckpt.image_size
+  preset = fm_presets.get(fm_cfg.preset)
+  size = int(fm_cfg.input_size) or preset.input_size or ckpt.image_size
   if size % ckpt.patch_size:
     lower = max(ckpt.patch_size, size // ckpt.patch_size * ckpt.patch_size)
     raise ValueError(f"config.fm.input_size={size} is not a multiple of the checkpoint's patch "
@@ -119,25 +120,25 @@ def input_size_of(config, ckpt) -> int:
   return size
 
 
-def build(config, num_classes: int) -> FoundationModel:
-  """The FM of `config` (config.fm.*, config.model.dtype) with a `num_classes` head."""
-  preset = fm_presets.get(config.fm.preset)
-  ckpt = checkpoint_of(config)
-  feature = config.fm.feature or preset.feature
-  method = config.fm.resize_method or preset.resize
+def build(fm_cfg, num_classes: int, dtype: str = "auto") -> FoundationModel:
+  """The FM of config.fm with a `num_classes` head, computing in `dtype` (config.model.dtype)."""
+  preset = fm_presets.get(fm_cfg.preset)
+  ckpt = checkpoint_of(fm_cfg)
+  feature = fm_cfg.feature or preset.feature
+  method = fm_cfg.resize_method or preset.resize
   if feature not in fm_presets.FEATURES:
     raise ValueError(f"config.fm.feature={feature!r}; valid: {', '.join(fm_presets.FEATURES)}")
   if method not in fm_presets.RESIZE_METHODS:
     raise ValueError(f"config.fm.resize_method={method!r}; valid: "
                      f"{', '.join(fm_presets.RESIZE_METHODS)}")
-  decay = float(config.fm.layer_decay)
+  decay = float(fm_cfg.layer_decay)
   if not 0.0 < decay <= 1.0:
     raise ValueError(f"config.fm.layer_decay={decay} must be in (0, 1]; 1 disables layer-wise "
                      "decay, 0.75 is a usual ViT fine-tuning value")
   return FoundationModel(family=ckpt.family, hf_config=ckpt.hf_config, num_classes=num_classes,
-                         input_size=input_size_of(config, ckpt), mean=tuple(preset.mean),
+                         input_size=input_size_of(fm_cfg, ckpt), mean=tuple(preset.mean),
                          std=tuple(preset.std), feature=feature, resize_method=method,
-                         layer_decay=decay, dtype=dtypes.compute_dtype(config.model.dtype))
+                         layer_decay=decay, dtype=dtypes.compute_dtype(dtype))
 
 
 def backbone_abstract(model: FoundationModel) -> dict:
@@ -146,15 +147,15 @@ def backbone_abstract(model: FoundationModel) -> dict:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))["params"]["backbone"]
 
 
-def pretrained_backbone(config, model: FoundationModel) -> dict:
+def pretrained_backbone(fm_cfg, model: FoundationModel) -> dict:
   """The backbone params read from config.fm.weights (numpy), checked against the model."""
-  return fm_weights.load_params(checkpoint_of(config), backbone_abstract(model))
+  return fm_weights.load_params(checkpoint_of(fm_cfg), backbone_abstract(model))
 
 
-def with_pretrained(config, model, state, mesh):
+def with_pretrained(fm_cfg, model, state, mesh):
   """`state` with its backbone params replaced by the published weights (replicated)."""
   params = dict(state.params)
-  params["backbone"] = pretrained_backbone(config, model)
+  params["backbone"] = pretrained_backbone(fm_cfg, model)
   return state.replace(params=parallel.replicate(params, mesh))
 
 

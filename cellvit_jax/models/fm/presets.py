@@ -225,7 +225,6 @@ def names_of_family(family: str) -> list:
   return [n for n in names() if PRESETS[n].family == family]
 
 
-def is_foundation(config) -> bool:
-  """True for a config that runs one of the FMs (config.fm.preset set)."""
-  fm = config.get("fm")
-  return fm is not None and bool(fm.get("preset"))
+def is_foundation(fm_cfg) -> bool:
+  """True for a config.fm section (None when the config has none) that names a preset."""
+  return fm_cfg is not None and bool(fm_cfg.get("preset"))
