@@ -21,8 +21,8 @@ from cellvit_jax.ops import color, dihedral, mixing, normalize
 from cellvit_jax.ops import augment as augment_ops
 
 # fold_in constants of the augmentations' random streams, each folded into the step's
-# augmentation rng: flips and rotations keep the draws they had before blur existed, and
-# every augmentation keeps its draws whether or not the others are on.
+# augmentation rng: flips and rotations use the rng itself, and every augmentation keeps its
+# draws whether or not the others are on.
 _BLUR_STREAM = 1
 _HED_STREAM = 2
 _COLOR_STREAM = 3
@@ -35,8 +35,8 @@ class TrainState(train_state.TrainState):
 
 class EmaTrainState(TrainState):
   """A TrainState that also keeps a moving average of {"params", "batch_stats"}
-  (config.optim.ema_decay > 0), which evaluation uses. A subclass, so that runs without it
-  keep the state, and the checkpoints, they had before it existed."""
+  (config.optim.ema_decay > 0), which evaluation uses. A subclass, so that a run without it
+  keeps a state (and checkpoints) with no such field."""
   ema: Any = flax.struct.field(default_factory=dict)
 
 
@@ -183,7 +183,7 @@ def make_train_step(model, schedule, optim_cfg, augment_cfg, normalize_cfg):
     if mix_args is not None:
       # mixup / CutMix of the augmented batch and its soft targets. After model_input: a
       # convex combination or a paste commutes with the per-channel affine normalisation,
-      # and the off path stays the very program it was before these switches.
+      # and with both off the step compiles to the program without them.
       images, targets = mixing.random_mix(jax.random.fold_in(aug_rng, _MIX_STREAM), images,
                                           targets, *mix_args)
 

@@ -7,7 +7,7 @@ the test split are computed once and cached on disk (feature_cache.py), then a
 multinomial logistic regression (logistic.py, L-BFGS) is fitted with its L2 strength
 chosen on val.  Writes results.json (the shape train.py writes, plus the probe's choices
 and timings) and probe_head.npz: the head with the feature standardisation folded in, so
-restore.load_run gives a Run whose forward is backbone -> head like a fine-tuned FM.
+finished_run.load_run gives a Run whose forward is backbone -> head like a fine-tuned FM.
 """
 import json
 import os

@@ -1,5 +1,5 @@
 """The linear probe's head file (workdir/probe_head.npz): written by mode=probe (probe.py),
-read back by restore.load_run, which needs it without the probe's training code.
+read back by finished_run.load_run, which needs it without the probe's training code.
 
 The head has the feature standardisation folded in, so backbone -> head is the whole model.
 """

@@ -5,7 +5,7 @@ A run written before a config field existed has no value for it. `ADDED_KEYS` sa
 absence meant (e.g. no augment.blur: blur off), `upgrade` fills those in, and `over_defaults`
 lays the upgraded file over today's defaults, so every other field a newer version added
 takes its default. Resume checks (workdir.config_differences) and loading a finished run
-(restore.load_config) both go through here; code below them can rely on every field.
+(finished_run.load_config) both go through here; code below them can rely on every field.
 """
 import ml_collections
 from flax import traverse_util
