@@ -3,7 +3,8 @@
 The paper's design is not public; ours was chosen on the val split of synthetic_cells by
 the design study in docs/customvit.md (its rounds, rules and rows): a convolutional stem
 (Xiao et al. 2021) in front of a small ViT. configs/customvit_plain.py is the first design
-(linear 4x4 patches), kept for the ablation. Every architecture switch below is an ablation knob, e.g.
+(linear 4x4 patches), kept for the ablation. Every architecture switch below is an ablation
+knob, e.g.
   --config.model.kwargs.tokenizer=patch --config.model.kwargs.pool=gap
 """
 import ml_collections
