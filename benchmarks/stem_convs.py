@@ -4,7 +4,7 @@
 
 A minimal reproduction of where XLA:CPU loses on the conv stem (benchmarks/FINDINGS.md):
 each 3x3 convolution of the default stem (patch 8: 40x40 3->24 stride 1, then 24->48,
-48->96, 96->96 at stride 2) alone, in each form of models/conv_forms.py, jitted, float32,
+48->96, 96->96 at stride 2) alone, in each form of models/conv_impl.py, jitted, float32,
 against PyTorch's conv2d (eager, one thread) on the same arrays. Times are process CPU time
 in ms, the median of --repeats calls after a warm-up (CPU time, because this machine is
 shared). Per conv it prints forward, dX and dW for every JAX form and PyTorch's forward and
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cellvit_jax.models import conv_forms
+from cellvit_jax.models import conv_impl
 
 FLAGS = flags.FLAGS
 SHAPES = [(40, 3, 24, 1), (40, 24, 48, 2), (20, 48, 96, 2), (10, 96, 96, 2)]
@@ -43,7 +43,7 @@ def _cpu_ms(fn):
 
 
 def _jax_times(form, x, k, g, stride, need_dx):
-  f = conv_forms.FORMS[form]
+  f = conv_impl.FORMS[form]
   fwd = jax.jit(lambda x, k: f(x, k, stride))
   dx = jax.jit(lambda x, k: jax.vjp(lambda v: f(v, k, stride), x)[1](g)[0])
   dw = jax.jit(lambda x, k: jax.vjp(lambda w: f(x, w, stride), k)[1](g)[0])

@@ -4,7 +4,7 @@
         [--repeats=8]
 
 `stem_impl` changes how the convstem's 3x3 convolutions are computed, not what
-(models/conv_forms.py; same parameters, equal up to rounding). Every step is the library's
+(models/conv_impl.py; same parameters, equal up to rounding). Every step is the library's
 jitted train step (benchmarks/train_step.jax_variant) from configs/customvit.py, one per
 patch size and form, timed one after the other in each repeat (interleaved), `--steps` steps
 each, against the XLA-convolution step ('conv', the baseline).

@@ -136,8 +136,8 @@ def test_conv_tokenizers_need_a_power_of_two_patch():
 @pytest.mark.parametrize("form", ["matmul", "mixed"])
 @pytest.mark.parametrize("stride,kernel,cin,size", [(1, 3, 3, 10), (2, 3, 8, 10), (2, 3, 5, 10),
                                                     (2, 3, 4, 9), (2, 3, 4, 5), (1, 1, 4, 10)])
-def test_conv_forms_equal_xla_convolution_and_its_gradients(form, stride, kernel, cin, size):
-  from cellvit_jax.models import conv_forms
+def test_conv_impl_equal_xla_convolution_and_its_gradients(form, stride, kernel, cin, size):
+  from cellvit_jax.models import conv_impl
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (2, size, size + 1, cin))  # odd and even sizes, non-square
   w = jax.random.normal(kw, (kernel, kernel, cin, 6))
@@ -148,7 +148,7 @@ def test_conv_forms_equal_xla_convolution_and_its_gradients(form, stride, kernel
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def ours(x, w):
-    return conv_forms.FORMS[form](x, w, stride)
+    return conv_impl.FORMS[form](x, w, stride)
 
   assert ours(x, w).shape == xla(x, w).shape
   assert jnp.allclose(ours(x, w), xla(x, w), atol=1e-5, rtol=1e-5)

@@ -23,7 +23,7 @@ our reconstruction. Every design choice is a field, so each is an ablation switc
 - stem_impl: how the 'convstem' convolutions are computed, not what they compute: 'conv'
   (XLA's convolution), 'matmul' (patches @ kernel), 'mixed' (XLA's convolution forward,
   stride-2 gradients in forms XLA:CPU runs well) or 'auto' (matmul on CPU, conv on GPU / TPU);
-  models/conv_forms.py. Same parameters, equal outputs and gradients up to float rounding;
+  models/conv_impl.py. Same parameters, equal outputs and gradients up to float rounding;
 - spt: Shifted Patch Tokenization (Lee et al. 2021): the image and its four diagonal
   half-patch shifts are stacked on channels before patchifying, widening each token's
   receptive field;

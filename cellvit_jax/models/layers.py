@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cellvit_jax.models import conv_forms
+from cellvit_jax.models import conv_impl
 
 Dtype = Any
 
@@ -36,7 +36,7 @@ he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class FormConv(nn.Module):
-  """nn.Conv's parameters ('kernel', HWIO, no bias) computed in one of conv_forms.FORMS."""
+  """nn.Conv's parameters ('kernel', HWIO, no bias) computed in one of conv_impl.FORMS."""
   features: int
   kernel: int
   stride: int = 1
@@ -47,7 +47,7 @@ class FormConv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", he_fan_out,
                         (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
-    return conv_forms.FORMS[self.form](x.astype(self.dtype), kernel.astype(self.dtype),
+    return conv_impl.FORMS[self.form](x.astype(self.dtype), kernel.astype(self.dtype),
                                        self.stride)
 
 
@@ -55,7 +55,7 @@ class ConvBN(nn.Module):
   """Conv (no bias, 'same' k//2 padding, optional groups) -> BatchNorm; no activation.
 
   `zero_scale` starts the BN scale at zero (a residual branch that begins as nothing).
-  `impl`: one of conv_forms.CONV_IMPLS ('matmul' and 'mixed' for groups=1 only; 'auto'
+  `impl`: one of conv_impl.CONV_IMPLS ('matmul' and 'mixed' for groups=1 only; 'auto'
   falls back to XLA's convolution for groups); the parameters are the same in every form.
   Parameter names: <name>/conv/kernel, <name>/bn/{scale,bias}.
   """
@@ -72,7 +72,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     k, p = self.kernel, self.kernel // 2
-    impl = conv_forms.resolve_conv_impl(self.impl)
+    impl = conv_impl.resolve_conv_impl(self.impl)
     if impl != "conv" and self.groups != 1:
       if self.impl == impl:
         raise ValueError(f"ConvBN impl={impl!r} supports groups=1 only (got {self.groups}); "

@@ -67,7 +67,7 @@ def is_done(cell, study_dir) -> bool:
   return os.path.isfile(os.path.join(cell.workdir(study_dir), "cell.json"))
 
 
-def process0_flags(flags):
+def process0_decides(flags):
   """Process 0's booleans on every process, so all hosts take the same branch (data mode)."""
   flags = np.asarray(flags, np.int32)
   if jax.process_count() == 1 or flags.size == 0:
@@ -151,12 +151,12 @@ def run_cell(cell, config, study_dir, modes) -> bool:
   modes[mode](cell_config, workdir)
   # Process 0 writes results.json; every process takes its word (they run in lockstep).
   results = _read_json(os.path.join(workdir, "results.json"))
-  if not process0_flags([bool((results or {}).get("finished"))])[0]:
+  if not process0_decides([bool((results or {}).get("finished"))])[0]:
     logging.info("study cell %d stopped before the end of training; rerun to continue.", cell.index)
     return False
   t1 = time.perf_counter()
   blur_dir = os.path.join(workdir, "blur")
-  if not process0_flags([os.path.isfile(os.path.join(blur_dir, "blur.json"))])[0]:
+  if not process0_decides([os.path.isfile(os.path.join(blur_dir, "blur.json"))])[0]:
     blur_study.run_mode(blur_config(study, workdir), blur_dir)
   t2 = time.perf_counter()
   if jax.process_index() == 0:
@@ -173,7 +173,7 @@ def ensure_cost(row, study_dir, study):
   """cost/<row>.json from the row's first finished cell, if not there yet."""
   path = os.path.join(study_dir, "cost", f"{row}.json")
   row_cells = [c for c in study_grid.cells(study) if c.row == row]
-  flags = process0_flags([os.path.isfile(path)] + [is_done(c, study_dir) for c in row_cells])
+  flags = process0_decides([os.path.isfile(path)] + [is_done(c, study_dir) for c in row_cells])
   done = [c for c, d in zip(row_cells, flags[1:]) if d]
   if flags[0] or not done:
     return
@@ -215,7 +215,7 @@ def run_mode(config, workdir: str = "", modes=None) -> dict:
                  for n, r in study_grid.rows(study)],
         "flaglimits": list(study_grid.check_flaglimits(study.flaglimits)),
         "seeds": [int(s) for s in study.seeds]})
-  done = process0_flags([is_done(c, study_dir) for c in my_cells])
+  done = process0_decides([is_done(c, study_dir) for c in my_cells])
   summary = {"study_dir": study_dir, "cells": len(my_cells), "skipped": [], "finished": [],
              "unfinished": []}
   for cell, finished in zip(my_cells, done):

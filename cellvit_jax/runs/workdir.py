@@ -20,7 +20,7 @@ RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.wor
                      # the same batches and steps, held or dispatched differently
                      # (data/on_device.py, engine/multistep.py)
                      "dataset.on_device", "dataset.on_device_max_mb", "train.steps_per_dispatch",
-                     # how CustomViT's stem convs are computed, not what (models/conv_forms.py)
+                     # how CustomViT's stem convs are computed, not what (models/conv_impl.py)
                      "model.kwargs.stem_impl",
                      # where the FM feature cache lives (entries are keyed by content)
                      "fm.cache_dir", "fm.feature_batch_size"}
