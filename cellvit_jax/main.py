@@ -13,8 +13,7 @@ from ml_collections import config_flags
 
 from cellvit_jax import parallel
 from cellvit_jax.config import files as config_files
-from cellvit_jax.modes import blur_study, predict, probe, study, train
-from cellvit_jax.runs import record as results_lib
+from cellvit_jax.modes import blur_study, finetune, predict, probe, study, train
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
@@ -24,36 +23,10 @@ flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/
 FLAGS = flags.FLAGS
 
 
-def _train(config, workdir):
-  workdir = workdir or os.path.join("runs", config.model.name)
-  results = train.train_and_evaluate(config, workdir)
-  if results["finished"]:
-    print("\n" + results_lib.summary_table(results))
-  else:
-    print(f"\nStopped at step {results['step']} of {results['total_steps']}; rerun to continue "
-          f"({results['workdir']}).")
-
-
-def _finetune(config, workdir):
-  _require_fm(config)
-  _train(config, workdir or os.path.join("runs", f"{config.fm.preset}_finetune"))
-
-
-def _probe(config, workdir):
-  _require_fm(config)
-  probe.run_mode(config, workdir or os.path.join("runs", f"{config.fm.preset}_probe"))
-
-
-def _require_fm(config):
-  if not config.get("fm") or not config.fm.preset:
-    raise ValueError(f"config.mode={config.mode!r} needs a foundation model: use "
-                     "--config=configs/fm.py:<phikon|uni|plip>,<probe|finetune>")
-
-
 MODES = {
-    "train": _train,
-    "probe": _probe,
-    "finetune": _finetune,
+    "train": train.run_mode,
+    "probe": probe.run_mode,
+    "finetune": finetune.run_mode,
     "blur": blur_study.run_mode,
     # A study runs its cells through this same table, so FM modes registered here become
     # study rows without the study knowing them.

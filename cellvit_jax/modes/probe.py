@@ -23,7 +23,7 @@ from cellvit_jax.engine import logistic
 from cellvit_jax.models.fm import foundation
 from cellvit_jax.models.fm import presets as fm_presets
 from cellvit_jax.models.fm import weights as fm_weights
-from cellvit_jax.modes import feature_cache, probe_head, train
+from cellvit_jax.modes import feature_cache, finetune, probe_head, train
 from cellvit_jax.ops import normalize
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
@@ -148,9 +148,10 @@ def train_probe(config, workdir: str) -> dict:
   return results
 
 
-def run_mode(config, workdir: str):
+def run_mode(config, workdir: str = ""):
+  finetune.require_fm(config)
   fm_presets.get(config.fm.preset)
-  results = train_probe(config, workdir)
+  results = train_probe(config, workdir or os.path.join("runs", f"{config.fm.preset}_probe"))
   print("\n" + results_lib.summary_table(results))
   print(f"probe: L2 {results['l2']:g} chosen on val; features "
         + ", ".join(f"{r} {'cached' if c['hit'] else 'computed'}"

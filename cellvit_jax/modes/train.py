@@ -236,3 +236,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     atomic_files.write_json(workdir, "results.json", results)
   return results
+
+
+def run_mode(config, workdir: str = ""):
+  """mode=train: train_and_evaluate into `workdir` (default runs/<model name>/), then the
+  summary table, or where to rerun when the invocation stopped early."""
+  results = train_and_evaluate(config, workdir or os.path.join("runs", config.model.name))
+  if results["finished"]:
+    print("\n" + results_lib.summary_table(results))
+  else:
+    print(f"\nStopped at step {results['step']} of {results['total_steps']}; rerun to continue "
+          f"({results['workdir']}).")
+  return results
