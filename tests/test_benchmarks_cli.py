@@ -10,8 +10,8 @@ from conftest import REPO
 
 MODULES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "benchmarks"))
                  if f.endswith(".py") and f != "__init__.py")
-DOCS = ["README.md", "docs/blur.md", "docs/foundation_models.md", "benchmarks/RESULTS.md",
-        "benchmarks/FINDINGS.md"]
+DOCS = ["README.md", "docs/benchmarks.md", "docs/blur.md", "docs/foundation_models.md",
+        "benchmarks/RESULTS.md", "benchmarks/FINDINGS.md"]
 
 # One interpreter for all (each start imports JAX): runpy.run_module is what `python -m` runs.
 # absl flags are process-wide and each benchmark defines its own (--batch, --repeats, ...), as

@@ -13,7 +13,7 @@ from cellvit_jax.config import files as config_files
 from cellvit_jax.models import customvit
 from conftest import REPO
 
-# Default configs/customvit.py architecture, 4 classes (README model table).
+# Default configs/customvit.py architecture, 4 classes (docs/models.md model table).
 CUSTOMVIT_PARAMS = 447_484
 
 

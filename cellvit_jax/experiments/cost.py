@@ -3,7 +3,7 @@
     python -m cellvit_jax.experiments.cost                       # every shipped model config
     python -m cellvit_jax.experiments.cost --configs=configs/customvit.py,configs/resnet18.py \
         --batch_sizes=1,256 --output=cost.json --markdown=cost.md
-    python -m cellvit_jax.experiments.cost --update=README.md  # rewrites the README's table
+    python -m cellvit_jax.experiments.cost --update=docs/models.md  # rewrites the table there
 
 GFLOPs come from XLA's cost analysis of the compiled inference function (uint8 patches ->
 float -> resize to the model's input if it differs -> normalise -> model, eval mode) at
@@ -205,5 +205,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", "", "Write the rows as JSON here.")
   flags.DEFINE_string("markdown", "", "Write the Markdown table here.")
   flags.DEFINE_string("update", "",
-                      "Rewrite the cost-table block of this Markdown file (README.md).")
+                      "Rewrite the cost-table block of this Markdown file (docs/models.md).")
   app.run(main)

@@ -2,7 +2,7 @@
 
     python -m cellvit_jax.experiments.fm_cost                          # all eight presets
     python -m cellvit_jax.experiments.fm_cost --presets=phikon,uni --measure_below=0
-    python -m cellvit_jax.experiments.fm_cost --update=README.md       # rewrites its table
+    python -m cellvit_jax.experiments.fm_cost --update=docs/foundation_models.md  # its table
 
 No weights are needed: each preset's `arch` (the published config, models/fm/presets.py)
 builds the real-size FoundationModel, its parameters are counted with jax.eval_shape
