@@ -5,9 +5,11 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -107,3 +109,43 @@ def test_two_jax_distributed_processes_train_each_cell_together(tiny_data_dir, t
   # Process 0 held the study's and the cell's lock for the job, and released both.
   assert (study_dir / ".lock").read_text() == ""
   assert (study_dir / "runs" / "customvit" / "fl32" / "seed0" / ".lock").read_text() == ""
+
+
+def _launch(config, study_dir):
+  return subprocess.Popen(["bash", "launch/local_study.sh", "2", f"--config={config}",
+                           f"--workdir={study_dir}"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env={**ENV, "PYTHON": sys.executable})
+
+
+@pytest.mark.slow  # about 4 minutes on 2 shared cores: three tiny two-worker studies
+def test_study_with_a_worker_killed_mid_cell_resumes_to_the_same_cells(tiny_data_dir, tmp_path):
+  """Two local workers, one SIGKILLed while its cell trains, then the same command again:
+  every cell once, the dead worker's locks taken over, and cells.csv equal to an
+  uninterrupted study's (bitwise on CPU: the same processes on the same cores)."""
+  config = write_cli_config(tmp_path / "tiny_study.py", tiny_data_dir, rows=("customvit",))
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  out = _launch(config, reference).communicate(timeout=900)[0]
+  assert (reference / "report" / "cells.csv").is_file(), out[-3000:]
+
+  proc = _launch(config, killed)
+  cell = killed / "runs" / "customvit" / "fl32" / "seed0"  # worker 0's cell
+  lock = killed / ".lock-worker0of2"
+  deadline = time.monotonic() + 600
+  while not (cell / "metrics.jsonl").is_file() and proc.poll() is None:
+    assert time.monotonic() < deadline, "worker 0 never started training"
+    time.sleep(0.2)
+  assert proc.poll() is None, "the study finished before the kill"
+  holder = json.loads(lock.read_text().strip("\0 \n") or "{}")  # the worker's pid, host, start
+  assert holder.get("pid"), lock.read_text()
+  os.kill(int(holder["pid"]), signal.SIGKILL)
+  out = proc.communicate(timeout=900)[0]
+  assert proc.returncode == 1 and "worker 0/2 failed" in out, out[-3000:]
+  assert not (cell / "cell.json").is_file()
+
+  out = _launch(config, killed).communicate(timeout=900)[0]
+  with open(killed / "logs" / "worker0.log") as f:
+    log = f.read()
+  assert "1 cell(s) finished now" in log, log[-3000:]
+  assert (killed / "report" / "cells.csv").read_text() == (
+      reference / "report" / "cells.csv").read_text()
