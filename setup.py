@@ -29,6 +29,7 @@ setuptools.setup(
     name="cellvit_jax",
     version="0.1.0",
     description=__doc__,
+    license="Apache-2.0",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
         include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),
