@@ -1,7 +1,7 @@
 """cellvit_jax: small task-specific models vs pathology foundation models on 40x40 cell patches."""
 import setuptools
 
-# Versions seen to work together on CPU, Python 3.11 (../shared/DESIGN.md).
+# Versions seen to work together on CPU, Python 3.11; CI (.ci/run) installs exactly these.
 # transformers must stay below 5: 5.x has no Flax models.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
@@ -29,6 +29,7 @@ setuptools.setup(
     name="cellvit_jax",
     version="0.1.0",
     description=__doc__,
+    license="Apache-2.0",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
         include=["cellvit_jax", "cellvit_jax.*", "data_prep", "data_prep.*"]),

@@ -11,7 +11,7 @@ then one line `dense vjp 3-D / 2-D time = R`. On XLA:CPU the 3-D form copies the
 output gradient into an (F, B*N) array before the weight-gradient dot; the 2-D form does not
 (benchmarks/FINDINGS.md, "Dense layers on 2-D tokens"). Default shape: the first design's
 qkv projection at batch 256 (101 tokens of width 96 to 288), the shape of the largest copies
-in ../shared/perf's Intel/AMX profile.
+in the Intel/AMX host's profile (benchmarks/FINDINGS.md).
 """
 import re
 import time

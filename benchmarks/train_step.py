@@ -2,6 +2,16 @@
 
     python -m benchmarks.train_step --model=customvit [--batch=256] \
         [--dtype=float32,bfloat16] [--repeats=5] [--steps=2] [--no-torch] [--no-compile]
+    python -m benchmarks.train_step --model=customvit --quick
+
+--quick: the same variants and ratio lines in about 2 minutes on a 2-core CPU (1 min 58 s
+wall on a shared 2-core AMD EPYC Zen 3 at load average 5.5): batch 64, 5 repeats of
+1 step, no torch.compile (its compilation alone takes 1.5 to 9 minutes on such a CPU), and
+none of the matmul references that feed no ratio: the 4096 one, and the torch bf16 one, which
+costs about a minute per 2048 matmul on a CPU without native bf16 (56 s on that Zen 3; with
+the defaults, 4 such calls per repeat, about 19 minutes in all). Flags given explicitly still win.
+Its ratios are at batch 64: compare them with other --quick runs, not with the batch-256
+records.
 
 JAX: the library's own jitted train step (steps.make_steps: uint8 batch -> flips/rot90 ->
 normalise -> model -> label-smoothed cross-entropy -> grad-norm clip + AdamW, state donated),
@@ -178,6 +188,23 @@ def define_flags():
   flags.DEFINE_bool("no-torch", False, "Skip the PyTorch variants.")
   flags.DEFINE_bool("no-compile", False,
                     "Skip the torch.compile variant (its compilation takes minutes on CPU).")
+  flags.DEFINE_bool("quick", False,
+                    "About 2 minutes on 2 CPU cores: batch 64, 5 repeats of 1 step, no "
+                    "torch.compile, no matmul references that feed no ratio; explicit flags win.")
+
+
+# --quick's settings; each applies unless its flag is given on the command line.
+QUICK = {"batch": 64, "repeats": 5, "steps": 1, "no-compile": True}
+
+
+def apply_quick(args) -> str:
+  """Set QUICK's values on the flags not given explicitly; the line that says what changed."""
+  for name, value in QUICK.items():
+    if not args[name].present:
+      args[name].value = value
+  return (f"--quick: batch {args.batch}, {args.repeats} repeat(s) of {args.steps} step(s), "
+          f"torch.compile {'skipped' if args['no-compile'].value else 'timed'}, no 4096 or torch "
+          "bf16 matmul reference; ratios at this batch compare with other --quick runs only")
 
 
 def main(argv):
@@ -185,6 +212,8 @@ def main(argv):
   args = flags.FLAGS
 
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
+  if args.quick:
+    print(apply_quick(args))
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
   mesh = parallel.make_mesh()
   dtypes = [d for d in args.dtype.split(",") if d]
@@ -215,18 +244,21 @@ def main(argv):
   # Matmul peaks are timed inside every repeat, next to the steps, so that a load change on
   # this shared machine moves the step time and the peak it is divided by together.
   peak_dtypes = {d: dtypes_lib.compute_dtype(d) for d in dtypes}
-  for d, jd in peak_dtypes.items():
-    print(f"jnp matmul {d} 4096 (reference, once): "
-          f"{matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
+  if not args.quick:
+    for d, jd in peak_dtypes.items():
+      print(f"jnp matmul {d} 4096 (reference, once): "
+            f"{matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
   times = {k: [] for k in variants}
   peaks = {d: [] for d in dtypes}
   torch_peaks = {"float32": [], "bfloat16": []}
+  torch_peak_dtypes = [] if args['no-torch'].value else [("float32", torch.float32)]
+  if torch_peak_dtypes and not args.quick:
+    torch_peak_dtypes.append(("bfloat16", torch.bfloat16))
   for _ in range(args.repeats):
     for d, jd in peak_dtypes.items():
       peaks[d].append(matmul_flops_per_sec(jd, 2048))
-    if not args['no-torch'].value:
-      for name, td in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        torch_peaks[name].append(torch_matmul_flops_per_sec(td, 2048))
+    for name, td in torch_peak_dtypes:
+      torch_peaks[name].append(torch_matmul_flops_per_sec(td, 2048))
     for k, run in variants.items():
       times[k].append(run(args.steps))
   for d in dtypes:

@@ -97,3 +97,23 @@ def test_record_stops_a_timed_out_benchmark_with_the_processes_it_started(tmp_pa
     with open(f"/proc/{child}/stat") as f:
       state = f.read().split(")")[-1].split()[0]
   assert state in ("", "Z"), state
+
+
+# --quick's settings apply only to the flags not given on the command line.
+QUICK = textwrap.dedent("""
+    from absl import flags
+    from benchmarks import train_step
+    train_step.define_flags()
+    flags.FLAGS(["train_step", "--quick", "--batch=32"])
+    print(train_step.apply_quick(flags.FLAGS))
+    f = flags.FLAGS
+    print("RESULT", f.batch, f.repeats, f.steps, f["no-compile"].value)
+""")
+
+
+def test_train_step_quick_sets_only_the_flags_not_given():
+  proc = subprocess.run([sys.executable, "-c", QUICK], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "RESULT 32 5 1 True" in proc.stdout
+  assert "--quick: batch 32, 5 repeat(s) of 1 step(s), torch.compile skipped" in proc.stdout

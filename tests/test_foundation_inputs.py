@@ -237,3 +237,17 @@ def test_convert_cli_writes_a_transformers_dir_and_names_a_bad_format(weights, t
   assert bad.returncode == 2 and not (tmp_path / "bad").exists()
   assert bad.stderr.strip().splitlines()[-1] == ("error: --from='hf' is not supported; the "
                                                   "converter reads --from=timm")
+
+
+def test_convert_cli_expands_tilde_in_path_flags(weights, tmp_path):
+  # `--input=~/...`: the shell expands `~` only at the start of a word, not after `=`.
+  home = tmp_path / "home"
+  shutil.copytree(weights["uni"], home / "fm" / "uni")
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.models.convert", "--from=timm",
+                        "--input=~/fm/uni", "--output=~/fm/uni_hf"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO, "HOME": str(home)})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"wrote {home / 'fm' / 'uni_hf'}:" in out.stdout
+  assert (home / "fm" / "uni_hf" / "model.safetensors").is_file()
+  assert not (tmp_path / "~").exists() and not os.path.exists(os.path.join(REPO, "~"))

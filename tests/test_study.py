@@ -3,11 +3,13 @@ import csv
 import dataclasses
 import json
 import os
+import re
 
+import matplotlib.pyplot as plt
 import ml_collections
 import pytest
 
-from cellvit_jax.experiments import report
+from cellvit_jax.experiments import report, report_plots
 from cellvit_jax.modes import study, study_grid
 from conftest import REPO
 from study_helpers import tiny_study_config
@@ -91,6 +93,76 @@ def test_tiny_study_runs_resumes_and_reports(tiny_data_dir, tmp_path):
   assert "| resnet18 | " in md and f"{acc:.4f}" in md
   for name in ("cells.csv", "blur.csv", "cost.csv", "accuracy_vs_cost.csv"):
     assert os.path.getsize(out[name]) > 0
+
+
+def _drawn_tick_labels(fig):
+  """{axes index: (x labels, y labels)} that draw() put inside each axis' view, empty ones out."""
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  out = {}
+  for i, ax in enumerate(fig.axes):
+    per_axis = []
+    for axis, coord in ((ax.xaxis, 0), (ax.yaxis, 1)):
+      lo, hi = sorted(axis.get_view_interval())
+      labels = [t for t in axis.get_ticklabels(which="both")
+                if t.get_visible() and t.get_text()
+                and lo * (1 - 1e-9) <= t.get_position()[coord] <= hi * (1 + 1e-9)]
+      per_axis.append([(t.get_text(), t.get_window_extent(renderer)) for t in labels])
+    out[i] = tuple(per_axis)
+  return out
+
+
+def _assert_readable(labels):
+  texts = [text for text, _ in labels]
+  assert 2 <= len(texts) <= report_plots.MAX_LABELS, texts
+  boxes = [box for _, box in labels]
+  for a in range(len(boxes)):
+    for b in range(a + 1, len(boxes)):
+      assert not boxes[a].overlaps(boxes[b]), (texts[a], texts[b])
+
+
+def _cost_points(gflops, images_per_sec):
+  return [{"row": f"model{i}", "accuracy": 0.80 + 0.02 * i, "accuracy_std": 0.01, "gflops": g,
+           "images_per_sec": s, "batch": 64, "seeds": 3}
+          for i, (g, s) in enumerate(zip(gflops, images_per_sec))]
+
+
+@pytest.mark.parametrize("gflops, images_per_sec, narrow", [
+    ((0.039, 0.078), (168.3, 598.0), True),   # the example study: less than a decade
+    ((0.039, 4.4, 17.6, 1100.0), (3.0, 120.0, 900.0, 150000.0), False),  # 4-5 decades
+])
+def test_accuracy_vs_cost_axes_are_readable(gflops, images_per_sec, narrow):
+  fig = report_plots.accuracy_vs_cost_figure(_cost_points(gflops, images_per_sec), "a title")
+  try:
+    drawn = _drawn_tick_labels(fig)
+  finally:
+    plt.close(fig)
+  for x_labels, y_labels in drawn.values():
+    _assert_readable(x_labels)
+    _assert_readable(y_labels)
+    if narrow:   # plain decimals: no mathtext ($10^{-2}$), no 4e-02
+      assert all(re.fullmatch(r"\d+(\.\d+)?", t) for t, _ in x_labels), x_labels
+  gflops_labels = [t for t, _ in drawn[0][0]]
+  if narrow:
+    assert gflops_labels == ["0.04", "0.05", "0.06", "0.08"]
+  else:
+    assert gflops_labels == ["0.1", "1", "10", "100", "1000"]
+
+
+def test_data_scale_labels_at_most_six_flaglimits():
+  fls = [2 ** k for k in range(1, 13)]
+  aggregates = [{"row": r, "flaglimit": f, "accuracy_mean": 0.5 + 0.03 * k,
+                 "accuracy_std": 0.01, "macro_f1_mean": 0.4 + 0.03 * k, "macro_f1_std": 0.01}
+                for r in ("a", "b") for k, f in enumerate(fls)]
+  fig = report_plots.data_scale_figure(aggregates, ["a", "b"])
+  try:
+    drawn = _drawn_tick_labels(fig)
+  finally:
+    plt.close(fig)
+  for x_labels, y_labels in drawn.values():
+    _assert_readable(x_labels)
+    _assert_readable(y_labels)
+    assert [t for t, _ in x_labels] == ["2", "8", "32", "128", "512", "2048"]
 
 
 def test_grid_order_workers_and_validation(tiny_data_dir, tmp_path):

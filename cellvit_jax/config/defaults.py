@@ -54,7 +54,8 @@ def get_config():
   # U(sigma_min, sigma_max) in pixels of the patch. Off by default; configs/customvit_blur_aug.py
   # turns it on. sigma_max also fixes the kernel radius ceil(3 * sigma_max).
   config.augment.blur = ml_collections.ConfigDict(dict(prob=0.0, sigma_min=0.0, sigma_max=1.5))
-  # Recipe switches, all off by default (ops/color.py, ops/mixing.py; README "Augmentation").
+  # Recipe switches, all off by default (ops/color.py, ops/mixing.py; docs/customvit.md,
+  # "Recipe switches: stain / colour jitter, mixup, CutMix").
   # Stain jitter (Tellez et al. 2018) after flips/rotations: with probability `prob` per sample,
   # RGB -> haematoxylin/eosin/DAB (Ruifrok & Johnston 2001), each stain * U(1 - scale,
   # 1 + scale) + U(-shift, shift) (skimage.color.rgb2hed units), back to RGB.

@@ -267,6 +267,8 @@ def convert(source: str, input_path: str, output: str, num_heads: int = 0) -> di
   if not output:
     raise ValueError("--output is empty; pass the directory to write config.json and "
                      "model.safetensors into")
+  # The shell leaves `~` after `--input=` alone, so expand it here, as main and data_prep do.
+  input_path, output = os.path.expanduser(input_path), os.path.expanduser(output)
   num_heads = num_heads or timm_config_heads(input_path)
   arch, tensors = timm_to_dinov2(read_state_dict(input_path), num_heads, repr(input_path))
   write_hf_dir(output, arch, tensors)
@@ -283,9 +285,10 @@ def main(argv):
   except (ValueError, OSError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
-  print(f"wrote {f.output}: {arch['architectures'][0]} hidden {arch['hidden_size']}, "
-        f"{arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads, patch "
-        f"{arch['patch_size']}, image {arch['image_size']}")
+  print(f"wrote {os.path.expanduser(f.output)}: {arch['architectures'][0]} hidden "
+        f"{arch['hidden_size']}, {arch['num_hidden_layers']} layers, "
+        f"{arch['num_attention_heads']} heads, patch {arch['patch_size']}, "
+        f"image {arch['image_size']}")
 
 
 if __name__ == "__main__":
