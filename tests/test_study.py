@@ -127,12 +127,8 @@ def _cost_points(gflops, images_per_sec):
           for i, (g, s) in enumerate(zip(gflops, images_per_sec))]
 
 
-@pytest.mark.parametrize("gflops, images_per_sec, narrow", [
-    ((0.039, 0.078), (168.3, 598.0), True),   # the example study: less than a decade
-    ((0.039, 4.4, 17.6, 1100.0), (3.0, 120.0, 900.0, 150000.0), False),  # 4-5 decades
-])
-def test_accuracy_vs_cost_axes_are_readable(gflops, images_per_sec, narrow):
-  fig = report_plots.accuracy_vs_cost_figure(_cost_points(gflops, images_per_sec), "a title")
+def _readable_labels(fig):
+  """The figure's drawn tick labels per axes, each axis checked readable; closes the figure."""
   try:
     drawn = _drawn_tick_labels(fig)
   finally:
@@ -140,6 +136,17 @@ def test_accuracy_vs_cost_axes_are_readable(gflops, images_per_sec, narrow):
   for x_labels, y_labels in drawn.values():
     _assert_readable(x_labels)
     _assert_readable(y_labels)
+  return drawn
+
+
+@pytest.mark.parametrize("gflops, images_per_sec, narrow", [
+    ((0.039, 0.078), (168.3, 598.0), True),   # the example study: less than a decade
+    ((0.039, 4.4, 17.6, 1100.0), (3.0, 120.0, 900.0, 150000.0), False),  # 4-5 decades
+])
+def test_accuracy_vs_cost_axes_are_readable(gflops, images_per_sec, narrow):
+  drawn = _readable_labels(
+      report_plots.accuracy_vs_cost_figure(_cost_points(gflops, images_per_sec), "a title"))
+  for x_labels, _ in drawn.values():
     if narrow:   # plain decimals: no mathtext ($10^{-2}$), no 4e-02
       assert all(re.fullmatch(r"\d+(\.\d+)?", t) for t, _ in x_labels), x_labels
   gflops_labels = [t for t, _ in drawn[0][0]]
@@ -154,14 +161,8 @@ def test_data_scale_labels_at_most_six_flaglimits():
   aggregates = [{"row": r, "flaglimit": f, "accuracy_mean": 0.5 + 0.03 * k,
                  "accuracy_std": 0.01, "macro_f1_mean": 0.4 + 0.03 * k, "macro_f1_std": 0.01}
                 for r in ("a", "b") for k, f in enumerate(fls)]
-  fig = report_plots.data_scale_figure(aggregates, ["a", "b"])
-  try:
-    drawn = _drawn_tick_labels(fig)
-  finally:
-    plt.close(fig)
-  for x_labels, y_labels in drawn.values():
-    _assert_readable(x_labels)
-    _assert_readable(y_labels)
+  drawn = _readable_labels(report_plots.data_scale_figure(aggregates, ["a", "b"]))
+  for x_labels, _ in drawn.values():
     assert [t for t, _ in x_labels] == ["2", "8", "32", "128", "512", "2048"]
 
 
