@@ -35,3 +35,29 @@ def test_subsets_are_nested_across_scales():
 def test_bad_flaglimit_is_refused(bad):
   with pytest.raises(ValueError, match="FlagLimit"):
     flaglimit.select([0, 1], bad, seed=0)
+
+
+class _Dataset:
+  """What training_subset reads of a dataset: train labels, class names and count."""
+  class_names = ["a", "b", "c", "d"]
+  num_classes = 4
+
+  def labels(self, split):
+    assert split == "train"
+    return _labels()
+
+
+def test_training_subset_is_select_and_says_which_classes_it_caps():
+  cfg = type("DatasetConfig", (), {"train_split": "train", "flaglimit": 100})()
+  lines = []
+  indices, counts = flaglimit.training_subset(_Dataset(), cfg, seed=2,
+                                              log=lambda fmt, *a: lines.append(fmt % a))
+  assert np.array_equal(indices, flaglimit.select(_labels(), 100, seed=2))
+  assert counts.tolist() == [100, 100, 40, 100]
+  assert "340 training patches" in lines[0]
+  assert lines[1].startswith("FlagLimit 100 leaves out training patches of a, b, d")
+  assert "{'a': 500, 'b': 300, 'd': 1000}" in lines[1] and "--config.dataset.flaglimit" in lines[1]
+  cfg.flaglimit = 1000
+  lines.clear()
+  flaglimit.training_subset(_Dataset(), cfg, seed=2, log=lambda fmt, *a: lines.append(fmt % a))
+  assert len(lines) == 1  # nothing capped: no second line

@@ -29,9 +29,20 @@ def counts(labels, indices, num_classes: int) -> np.ndarray:
   return np.bincount(np.asarray(labels)[indices], minlength=num_classes)
 
 
-def training_subset(dataset, dataset_cfg, seed: int):
+def training_subset(dataset, dataset_cfg, seed: int, log=None):
   """(indices, per-class counts) of the FlagLimit subset a run trains on: config.dataset's
-  train_split and flaglimit with the run's seed. Every mode derives it here."""
+  train_split and flaglimit with the run's seed. Every mode derives it here; `log` (e.g.
+  logging.info) is told the counts, and which classes the limit leaves patches out of."""
   labels = dataset.labels(dataset_cfg.train_split)
   indices = select(labels, dataset_cfg.flaglimit, seed)
-  return indices, counts(labels, indices, dataset.num_classes)
+  chosen = counts(labels, indices, dataset.num_classes)
+  if log is not None:
+    log("FlagLimit %d (seed %d): %d training patches, per class %s", dataset_cfg.flaglimit, seed,
+        len(indices), dict(zip(dataset.class_names, chosen.tolist())))
+    available = counts(labels, np.arange(len(labels)), dataset.num_classes)
+    capped = {n: int(a) for n, a, c in zip(dataset.class_names, available, chosen) if a > c}
+    if capped:
+      log("FlagLimit %d leaves out training patches of %s (available per class: %s); raise "
+          "--config.dataset.flaglimit to train on more.", dataset_cfg.flaglimit,
+          ", ".join(capped), capped)
+  return indices, chosen

@@ -93,7 +93,8 @@ def train_probe(config, workdir: str) -> dict:
       loaded["seconds"] = time.perf_counter() - t0
     return loaded["fn"](images)
 
-  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed)
+  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed,
+                                             log=logging.info)
   splits = {"train": (config.dataset.train_split, subset)}
   for role in ("eval", "test"):
     name = config.dataset[f"{role}_split"]

@@ -87,10 +87,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dataset = datasets.open_configured(config.dataset, log=logging.info)
   datasets.refuse_shared_specimens(dataset, config.dataset.allow_shared_specimens)
   datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
-  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed)
-  logging.info("FlagLimit %d (seed %d): %d training patches, per class %s",
-               config.dataset.flaglimit, config.seed, len(subset),
-               dict(zip(dataset.class_names, counts.tolist())))
+  subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed,
+                                             log=logging.info)
   val_images, val_labels = pipeline.load_arrays(dataset.source(config.dataset.eval_split),
                                                 range(len(dataset.labels(config.dataset.eval_split))))
 
