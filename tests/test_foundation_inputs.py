@@ -243,7 +243,7 @@ def test_convert_cli_expands_tilde_in_path_flags(weights, tmp_path):
   # `--input=~/...`: the shell expands `~` only at the start of a word, not after `=`.
   home = tmp_path / "home"
   shutil.copytree(weights["uni"], home / "fm" / "uni")
-  out = subprocess.run([sys.executable, "-m", "cellvit_jax.models.convert", "--from=timm",
+  out = subprocess.run([sys.executable, "-m", "cellvit_jax.models.fm.convert", "--from=timm",
                         "--input=~/fm/uni", "--output=~/fm/uni_hf"], cwd=REPO,
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": REPO, "HOME": str(home)})
