@@ -7,7 +7,7 @@ does not import every model.
 
 The pathology foundation models are not registry entries: their architecture comes from a
 weights directory (config.fm.*), so `from_config` builds them from the whole config
-(models/foundation.py); importing this file never imports transformers.
+(models/fm/foundation.py); importing this file never imports transformers.
 """
 import dataclasses
 import importlib

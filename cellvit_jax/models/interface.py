@@ -1,7 +1,7 @@
 """What the train step and the optimiser ask of a model, and nothing more.
 
 Every model the package trains derives from `Model`: the task-specific models keep its
-defaults, the foundation models (models/foundation.py) override them. The step and the
+defaults, the foundation models (models/fm/foundation.py) override them. The step and the
 optimiser call these methods instead of asking what kind of model they train:
 
   normalizes_input      False: the step normalises [0, 1] images with config.normalize before

@@ -8,7 +8,7 @@ MLP, final LayerNorm.  Parameter names mirror that class's PyTorch state dict
 (embeddings.register_tokens, encoder.layer.N.attention.attention.query, layer_scale1.lambda1,
 mlp.weights_in, layernorm, ...), so transformers' key renaming (weight -> kernel transposed,
 LayerNorm weight -> scale) loads a `Dinov2WithRegistersModel` checkpoint, and our timm
-converter (models/convert.py) targets the same names.  The unused mask token is not a
+converter (models/fm/convert.py) targets the same names.  The unused mask token is not a
 parameter here (no masking at inference).  With `num_register_tokens = 0` it is Dinov2Model.
 
 Called like the transformers Flax ports: `module(pixels_nhwc, deterministic=True)` returns an

@@ -2,7 +2,7 @@
 
 The backbone is the `.module` Linen class of a transformers Flax port (FlaxViTModule,
 FlaxDinov2Module, FlaxCLIPVisionModule) or, for register-token ViTs, our own
-models/dinov2_registers.py (transformers has no Flax port of it), a child of our module, so
+models/fm/dinov2_registers.py (transformers has no Flax port of it), a child of our module, so
 backbone and head are one params pytree that jit, optax and orbax treat like any other model's.
 The model takes float [0, 1] NHWC patches at their native size (40x40): the resize to the FM's
 input size and the preset's normalisation happen here, inside the jitted step, and nowhere else

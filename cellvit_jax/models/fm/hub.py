@@ -9,7 +9,7 @@ cache only, HF_ENDPOINT for a mirror.
 
 A repo that ships only pytorch_model.bin (a PyTorch pickle: reading it needs torch) is
 converted once to config.json + model.safetensors (timm state dicts through
-models/convert.py, transformers ones with their names kept) under
+models/fm/convert.py, transformers ones with their names kept) under
 $HF_HOME/cellvit_jax/converted/<content hash>/, keyed by the file's hash (the cache blob's
 name, which the hub sets to the file's sha256 for large files), so a new revision
 converts again and an old one never does.  A timm model.safetensors needs no cache: it

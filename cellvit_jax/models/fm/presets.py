@@ -7,7 +7,7 @@ from.  Pure Python: importing this file imports no model code.
 
   family     which Flax module runs it: 'vit' (transformers' FlaxViTModule), 'dinov2'
              (FlaxDinov2Module: a ViT with LayerScale; timm checkpoints are converted to it
-             by models/convert.py), 'dinov2_registers' (our models/dinov2_registers.py, the
+             by models/fm/convert.py), 'dinov2_registers' (our models/fm/dinov2_registers.py, the
              timm register-token ViTs converted the same way) or 'clip' (FlaxCLIPVisionModule).
   mean/std   the normalisation the model was trained with, applied inside the model after
              the 40 -> input-size resize.

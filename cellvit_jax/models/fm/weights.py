@@ -5,7 +5,7 @@ cache by models/fm/hub.py and then read as the directory it lands in.
 A weights directory is what the model's publisher ships: config.json plus model.safetensors
 (PyTorch key names; read with numpy, no torch) or flax_model.msgpack (a Flax params tree).
 The architecture comes from the directory itself: config.json for transformers models, the
-tensor shapes for timm checkpoints (UNI), converted in memory by models/convert.py.  Every
+tensor shapes for timm checkpoints (UNI), converted in memory by models/fm/convert.py.  Every
 mismatch is a one-line error naming the directory and both sides.
 """
 import dataclasses
@@ -71,7 +71,7 @@ def hf_config(family: str, raw: dict):
     # the stored lambda1 already is the trained gamma (PyTorch uses it as is), so 1.0 makes the
     # Flax port exact.  The mask token is unused without masking: not required.
     return transformers.Dinov2Config(**{**raw, "layerscale_value": 1.0, "use_mask_token": False})
-  if family == "dinov2_registers":  # run by our own Flax module (models/dinov2_registers.py)
+  if family == "dinov2_registers":  # run by our own Flax module (models/fm/dinov2_registers.py)
     return transformers.Dinov2WithRegistersConfig(**raw)
   if raw.get("model_type") == "clip":
     return transformers.CLIPConfig(**raw).vision_config
