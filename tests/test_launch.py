@@ -118,7 +118,7 @@ def _launch(config, study_dir):
                           env={**ENV, "PYTHON": sys.executable})
 
 
-@pytest.mark.slow  # about 4 minutes on 2 shared cores: three tiny two-worker studies
+@pytest.mark.slow  # about 75 s on 2 cores: three tiny two-worker studies
 def test_study_with_a_worker_killed_mid_cell_resumes_to_the_same_cells(tiny_data_dir, tmp_path):
   """Two local workers, one SIGKILLed while its cell trains, then the same command again:
   every cell once, the dead worker's locks taken over, and cells.csv equal to an
