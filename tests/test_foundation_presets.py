@@ -62,3 +62,24 @@ def test_finetune_starts_from_the_checkpoint(preset, weights, tiny_data_dir, tmp
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                       run.state.params["backbone"], published)
   assert 0 < max(jax.tree.leaves(diff)) < 0.02  # moved from the published weights, a little
+
+
+def test_gated_presets_are_the_ones_the_docs_give_a_token_step():
+  """docs/foundation_models.md lists the hub commands under '# public' and '# gated'; each
+  preset's `gated` field must say the same, so neither drifts from the other."""
+  with open(os.path.join(os.path.dirname(__file__), "..", "docs", "foundation_models.md")) as f:
+    lines = f.read().splitlines()
+  start = next(i for i, line in enumerate(lines) if line.strip().startswith("# public"))
+  section, listed = None, {}
+  for line in lines[start:]:
+    stripped = line.strip()
+    if stripped.startswith("# public"):
+      section = False
+    elif stripped.startswith("# gated"):
+      section = True
+    elif "--config=configs/fm.py:" in stripped:
+      listed[stripped.split("fm.py:")[1].split(",")[0]] = section
+    elif stripped and not line.startswith("    "):  # the end of the indented code block
+      break
+  assert set(listed) == set(fm_presets.names())
+  assert listed == {name: fm_presets.get(name).gated for name in fm_presets.names()}

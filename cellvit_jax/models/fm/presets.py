@@ -53,7 +53,8 @@ class Preset:
   arch: dict = dataclasses.field(default_factory=dict)
   tiny: dict = dataclasses.field(default_factory=dict)
   input_size: int = 0
-  gated: bool = False   # the hub asks to accept a licence; downloads need HF_TOKEN
+  gated: bool = False   # not an anonymous download: the hub page asks you to log in or agree
+                        # to terms first, so downloads need HF_TOKEN
 
 
 PRESETS = {
@@ -168,7 +169,8 @@ PRESETS = {
         arch=dict(model_type="dinov2_with_registers", **_VIT_G, patch_size=14,
                   num_register_tokens=4, **_TIMM),
         tiny=dict(format="timm", architecture="vit_giant_patch14_reg4_dinov2", registers=4,
-                  pos_prefix="none", swiglu=True)),
+                  pos_prefix="none", swiglu=True),
+        gated=True),
     "gigapath": Preset(
         name="gigapath", family="dinov2", hub_id="prov-gigapath/prov-gigapath",
         published="Prov-GigaPath tile encoder: timm vit_giant_patch14_dinov2 with patch 16 "
@@ -189,7 +191,8 @@ PRESETS = {
         },
         arch=dict(model_type="dinov2", **_VIT_G, patch_size=16, **_TIMM),
         tiny=dict(format="timm", architecture="vit_giant_patch14_dinov2", registers=0,
-                  pos_prefix="class", swiglu=True)),
+                  pos_prefix="class", swiglu=True),
+        gated=True),
     "phikon2": Preset(
         name="phikon2", family="dinov2", hub_id="owkin/phikon-v2",
         published="ViT-L/16 (hidden 1024, 24 layers, 16 heads), transformers Dinov2Model",
