@@ -4,8 +4,8 @@ Downloads go through huggingface_hub (a transformers dependency) into its standa
 ($HF_HOME/hub, or $HF_HUB_CACHE), so a model fetched by transformers or timm elsewhere is
 not fetched again.  Only what we read is fetched: config.json, then model.safetensors,
 else flax_model.msgpack, else pytorch_model.bin.  The usual huggingface_hub environment
-applies: HF_TOKEN for gated repos (UNI, UNI2-h, Virchow2, H-optimus-0, Prov-GigaPath), HF_HUB_OFFLINE=1 to use the
-cache only, HF_ENDPOINT for a mirror.
+applies: HF_TOKEN for gated repos (UNI, UNI2-h, Virchow2, H-optimus-0, Prov-GigaPath),
+HF_HUB_OFFLINE=1 to use the cache only, HF_ENDPOINT for a mirror.
 
 A repo that ships only pytorch_model.bin (a PyTorch pickle: reading it needs torch) is
 converted once to config.json + model.safetensors (timm state dicts through
