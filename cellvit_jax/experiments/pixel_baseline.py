@@ -19,6 +19,8 @@ from absl import app, flags
 from cellvit_jax import atomic_files, metrics
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.engine import logistic
+from cellvit_jax.experiments import cost
+from cellvit_jax.runs import provenance
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +60,8 @@ def baseline(dataset, limit: int, seed: int, l2_grid,
                                                   dataset.num_classes), dataset.class_names)
   return {"dataset": dataset.name, "flaglimit": limit, "seed": seed, "l2": l2,
           "val_accuracy_by_l2": val_scores, "test": test,
-          "fit_seconds": time.perf_counter() - t0}
+          "fit_seconds": time.perf_counter() - t0, "host": cost.host_name(),
+          "code_version": provenance.code_version()}
 
 
 def main(argv):
