@@ -104,3 +104,19 @@ def test_committed_tables_are_generated_from_their_rows(doc, args, capsys):
   assert results_table.main([os.path.join(repo, a) if a.startswith("docs/") else a
                              for a in args]) == 0
   assert capsys.readouterr().out == committed
+
+
+def test_implied_predictions_only_where_the_confusion_matrix_fixes_them():
+  labels = np.array([0, 1, 1, 0, 2, 1])
+  perfect = metrics.confusion(labels, labels, 3)
+  np.testing.assert_array_equal(test_predictions.implied(labels, perfect), labels)
+  one_class = np.full(6, 1)
+  np.testing.assert_array_equal(
+      test_predictions.implied(labels, metrics.confusion(labels, one_class, 3)), one_class)
+  swapped = np.array([1, 0, 0, 1, 2, 0])  # whole classes moved: still fixed
+  np.testing.assert_array_equal(
+      test_predictions.implied(labels, metrics.confusion(labels, swapped, 3)), swapped)
+  with pytest.raises(ValueError, match=r"leaves open .* class\(es\) \[1\]"):
+    test_predictions.implied(labels, metrics.confusion(labels, [0, 1, 2, 0, 2, 1], 3))
+  with pytest.raises(ValueError, match="another test set"):
+    test_predictions.implied(labels[:-1], metrics.confusion(labels, labels, 3))

@@ -54,3 +54,22 @@ def check_same_test_set(a: dict, b: dict):
     raise ValueError(f"{a['path']} and {b['path']} are not predictions on the same test set ("
                      + "; ".join(problems) + "); a paired bootstrap needs two runs evaluated "
                      "on the same dataset build and test split: pass two such runs")
+
+
+def implied(labels, confusion_matrix) -> np.ndarray:
+  """The predictions a confusion matrix fixes for `labels` (test-split order): where every true
+  class's examples all fell in one predicted class (a perfect or a one-class run), each
+  example's prediction is known; this lets rows written before this file existed be paired.
+  Raises a ValueError where the matrix leaves them open (errors spread over a class)."""
+  labels = np.asarray(labels, np.int64)
+  cm = np.asarray(confusion_matrix, np.int64)
+  support = np.bincount(labels, minlength=len(cm))
+  if cm.shape != (len(cm), len(cm)) or not np.array_equal(cm.sum(axis=1), support):
+    raise ValueError(f"confusion matrix {cm.tolist()} does not hold the labels' class counts "
+                     f"{support.tolist()}: it is of another test set")
+  open_rows = [c for c in range(len(cm)) if np.count_nonzero(cm[c]) > 1]
+  if open_rows:
+    raise ValueError(f"confusion matrix {cm.tolist()} leaves open which examples of true "
+                     f"class(es) {open_rows} were misclassified; only the run's own "
+                     f"{FILE} can pair it")
+  return np.argmax(cm, axis=1)[labels]
