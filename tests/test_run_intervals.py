@@ -120,3 +120,17 @@ def test_implied_predictions_only_where_the_confusion_matrix_fixes_them():
     test_predictions.implied(labels, metrics.confusion(labels, [0, 1, 2, 0, 2, 1], 3))
   with pytest.raises(ValueError, match="another test set"):
     test_predictions.implied(labels[:-1], metrics.confusion(labels, labels, 3))
+
+
+def test_committed_ihc_paired_table_is_generated_from_its_predictions(monkeypatch, capsys):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.chdir(repo)  # the table names the files as the docs' command does
+  with open("docs/customvit.md") as f:
+    text = f.read()
+  start, end = "<!-- ihc paired table: start -->\n", "<!-- ihc paired table: end -->"
+  committed = text[text.index(start) + len(start):text.index(end)]
+  d = "docs/results/ihc_demo_test_predictions"
+  for s in range(3):
+    pair = f"{d}/customvit_lr2e-3_s{s}.npz,{d}/resnet18_s{s}.npz"
+    assert results_table.main([f"--paired={pair}"]) == 0
+  assert capsys.readouterr().out == committed
