@@ -202,7 +202,7 @@ def paired_markdown(run_a: str, run_b: str) -> str:
   for metric, r in result.items():
     lines.append(f"| {metric} | {r['a']:.4f} | {r['b']:.4f} | {r['difference']:+.4f} | "
                  f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n\n"  # a blank line ends the table before any next one
 
 
 def main(argv):
