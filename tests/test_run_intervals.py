@@ -11,7 +11,7 @@ from cellvit_jax import bootstrap, metrics
 from cellvit_jax.data import pipeline
 from cellvit_jax.experiments import results_table
 from cellvit_jax.modes import finished_run
-from cellvit_jax.runs import test_predictions
+from cellvit_jax.runs import record, test_predictions
 
 
 def test_train_run_stores_predictions_that_give_its_metrics_and_intervals(tiny_trained_run):
@@ -33,6 +33,8 @@ def test_train_run_stores_predictions_that_give_its_metrics_and_intervals(tiny_t
     assert test[m] == scored[m]
   assert {key: test[key] for key in test if key.endswith("_ci95")} == bootstrap.intervals(
       labels, stored["predictions"], k)
+  lo, hi = test["accuracy_ci95"]
+  assert f"{test['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})" in record.summary_table(results)
   for split in (test, results["val"]):
     for m in bootstrap.METRICS:
       lo, hi = split[f"{m}_ci95"]
