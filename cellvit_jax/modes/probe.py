@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cellvit_jax import atomic_files, metrics, parallel
+from cellvit_jax import atomic_files, bootstrap, metrics, parallel
 from cellvit_jax.data import datasets, flaglimit, pipeline
 from cellvit_jax.engine import logistic
 from cellvit_jax.models.fm import foundation
@@ -27,6 +27,7 @@ from cellvit_jax.modes import feature_cache, finetune, probe_head, train
 from cellvit_jax.ops import normalize
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
+from cellvit_jax.runs import test_predictions
 from cellvit_jax.runs import workdir as workdir_lib
 
 def feature_extractor(model, params, mesh, batch_size: int):
@@ -49,7 +50,8 @@ def feature_extractor(model, params, mesh, batch_size: int):
 
 def _metrics(params, x, y, class_names):
   preds = logistic.predict(params, x)
-  return metrics.from_confusion(metrics.confusion(y, preds, len(class_names)), class_names)
+  result = metrics.from_confusion(metrics.confusion(y, preds, len(class_names)), class_names)
+  return {**result, **bootstrap.intervals(y, preds, len(class_names))}
 
 
 def check_config(config, mesh):
@@ -145,6 +147,8 @@ def train_probe(config, workdir: str) -> dict:
       train_images_per_sec=None)
   if jax.process_index() == 0:
     probe_head.save(workdir, kernel, bias, l2)
+    test_predictions.save(workdir, dataset.name, splits["test"][0], y_te,
+                          logistic.predict(head, z(x_te)), dataset.class_names)
     atomic_files.write_json(workdir, "results.json", results)
   return results
 

@@ -25,7 +25,7 @@ from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
 from cellvit_jax.engine import evaluation, multistep, optimizer, preemption, steps, train_length
 from cellvit_jax.engine import state as state_lib
 from cellvit_jax.models import dtypes
-from cellvit_jax.runs import checkpoint, metric_writers
+from cellvit_jax.runs import checkpoint, metric_writers, test_predictions
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
 from cellvit_jax.runs import workdir as workdir_lib
@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def evaluate(state, images, labels):
     return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
-                               mesh, dataset.class_names)
+                               mesh, dataset.class_names, intervals=True)
   per_dispatch = config.train.steps_per_dispatch
 
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
@@ -218,7 +218,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   test_split = config.dataset.test_split
   test_images, test_labels = pipeline.load_arrays(dataset.source(test_split),
                                                   range(len(dataset.labels(test_split))))
-  test = evaluate(state, test_images, test_labels)
+  test_preds, test_loss = evaluation.predict(eval_step, state, test_images, test_labels,
+                                             config.train.eval_batch_size, mesh)
+  test = evaluation.score(test_labels, test_preds, test_loss, dataset.class_names, intervals=True)
   if val is None:  # resumed at the last step: no evaluation ran in this invocation
     val = evaluate(state, val_images, val_labels)
   writer.write(total, "test",
@@ -232,6 +234,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       compute_dtype=config.model.dtype,
       train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch)
   if is_main:
+    test_predictions.save(workdir, dataset.name, test_split, test_labels, test_preds,
+                          dataset.class_names)
     atomic_files.write_json(workdir, "results.json", results)
   return results
 

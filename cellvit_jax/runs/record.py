@@ -31,6 +31,11 @@ def results_record(config_dict: dict, dataset, counts, mesh, test: dict, val: di
   }
 
 
+def _with_ci(split: dict, metric: str) -> str:
+  ci = split.get(f"{metric}_ci95")
+  return f"{split[metric]:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+
+
 def summary_table(results: dict) -> str:
   test = results["test"]
   ips = results.get("train_images_per_sec")
@@ -38,9 +43,9 @@ def summary_table(results: dict) -> str:
       ("model", results["model"]),
       ("dataset", f"{results['dataset']} (FlagLimit {results['flaglimit']}, "
                   f"{results['train_examples']} training patches)"),
-      ("test accuracy", f"{test['accuracy']:.4f}"),
-      ("test balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
-      ("test macro-F1", f"{test['macro_f1']:.4f}"),
+      ("test accuracy", _with_ci(test, "accuracy")),
+      ("test balanced accuracy", _with_ci(test, "balanced_accuracy")),
+      ("test macro-F1", _with_ci(test, "macro_f1")),
       ("train images/s", f"{ips:.1f}" if ips else "n/a (no timed steps in this run)"),
       ("results", os.path.join(results["workdir"], "results.json")),
   ]
