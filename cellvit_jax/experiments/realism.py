@@ -154,8 +154,13 @@ def measure(name: str, n: int, seed: int = 0, data_dir: str = "", montage_path: 
   if montage_path:
     from cellvit_jax.data import synthetic_cells
     montage(real, synth, np.asarray(labels), synthetic_cells.CLASS_NAMES, montage_path)
-  return dict(dataset=name, real="skimage.data.immunohistochemistry", n_real=len(real),
-              n_synthetic=len(synth), seed=seed, folds=5, accuracy=acc)
+  from cellvit_jax.data import datasets
+  from cellvit_jax.runs import provenance
+  recipe = (datasets.recipe_for(name).RECIPE_VERSION if name.startswith(datasets.SYNTHETIC)
+            else None)
+  return dict(dataset=name, recipe_version=recipe, real="skimage.data.immunohistochemistry",
+              n_real=len(real), n_synthetic=len(synth), seed=seed, folds=5, accuracy=acc,
+              code_version=provenance.code_version())
 
 
 def main(argv):
