@@ -129,7 +129,7 @@ def synthetic_patches(name: str, n: int, seed: int = 0, data_dir: str = ""):
   return pipeline.load_arrays(ds.source(split), idx)
 
 
-def montage(real, synthetic, labels, class_names, path, per_row: int = 10, scale: int = 2):
+def montage(real, synthetic, labels, class_names, path, per_row: int = 10, scale: int = 1):
   """PNG: a row of real crops, then one row of `per_row` patches per synthetic class."""
   from PIL import Image, ImageDraw
   rows = [("real IHC", real[:per_row])]
