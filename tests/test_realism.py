@@ -40,6 +40,7 @@ def test_white_images_are_told_apart(real):
 
 def test_features_against_numpy(real):
   f = realism.features(real[:5])
+  assert f.shape == (5, len(realism.FEATURE_NAMES))
   grey = real[:5].astype(np.float64).mean(-1) / 255
   np.testing.assert_allclose(f[:, 7], np.median(grey.reshape(5, -1), axis=1))
   np.testing.assert_allclose(f[:, 10], (grey > 0.85).reshape(5, -1).mean(1))
