@@ -119,3 +119,20 @@ def test_v3_builds_by_name_and_records_its_recipe(tmp_path):
     json.dump(meta, f)
   with pytest.raises(ValueError, match="another synthetic_cells recipe"):
     datasets.open_dataset("synthetic_cells_v3_tiny", str(tmp_path), synthetic=spec)
+
+
+def test_v3_jpeg_like_is_blockwise_dct_quantisation():
+  from scipy.fft import dctn, idctn
+  rng = np.random.default_rng(0)
+  x = rng.random((3, 40, 40, 3), dtype=np.float32)
+  step = 0.05
+  out = synthetic_cells_v3._jpeg_like(x, step)
+  y = x.mean(-1)
+  blocks = y.reshape(3, 5, 8, 5, 8).transpose(0, 1, 3, 2, 4)
+  i = np.arange(8)
+  q = step * (1 + (i[:, None] + i[None]) / 2)
+  ref = idctn(np.round(dctn(blocks, axes=(-2, -1), norm="ortho") / q) * q, axes=(-2, -1),
+              norm="ortho").transpose(0, 1, 3, 2, 4).reshape(3, 40, 40)
+  # Only luminance changes, by what the quantisation removed; colour differences stay.
+  np.testing.assert_allclose(out - x, np.repeat((ref - y)[..., None], 3, -1), atol=1e-5)
+  assert np.abs(out - x).max() > step / 10
