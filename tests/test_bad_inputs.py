@@ -302,7 +302,7 @@ def test_stale_synthetic_recipe_is_noticed(tiny_data_dir, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta["info"]["recipe_version"] = 1
   meta_path.write_text(json.dumps(meta))
-  with pytest.raises(ValueError, match="older synthetic_cells recipe"):
+  with pytest.raises(ValueError, match="another synthetic_cells recipe"):
     datasets.open_dataset("synthetic_cells_tiny", str(copy),
                           synthetic=synthetic_cells.SyntheticSpec(**TINY_SPEC))
 

@@ -12,9 +12,21 @@ from typing import List
 
 import numpy as np
 
-from cellvit_jax.data import synthetic_cells, tfds_writer
+from cellvit_jax.data import synthetic_cells, synthetic_cells_v3, tfds_writer
 
 SYNTHETIC = "synthetic_cells"
+# Renderer of each recipe name; a name `<recipe>_<anything>` (e.g. synthetic_cells_v3_small)
+# uses that recipe, any other synthetic_cells* name the default one.
+RECIPES = {SYNTHETIC: synthetic_cells, "synthetic_cells_v2": synthetic_cells,
+           "synthetic_cells_v3": synthetic_cells_v3}
+
+
+def recipe_for(name: str):
+  """The renderer module (RECIPE_VERSION, generate_specimen, examples) of a synthetic name."""
+  for recipe in ("synthetic_cells_v3", "synthetic_cells_v2"):
+    if name == recipe or name.startswith(recipe + "_"):
+      return RECIPES[recipe]
+  return RECIPES[SYNTHETIC]
 
 
 def resolve_data_dir(data_dir: str = "") -> str:
@@ -125,14 +137,14 @@ def build_synthetic(data_dir: str, name: str, spec: synthetic_cells.SyntheticSpe
                     workers: int = 0):
   """Renders and writes a synthetic_cells dataset; workers=0: one thread per core (up to 16)."""
   synthetic_cells.check(spec)
+  recipe = recipe_for(name)
   workers = workers or min(os.cpu_count() or 1, 16)
-  splits = {split: synthetic_cells.examples(spec, split, workers)
-            for split in ("train", "val", "test")}
+  splits = {split: recipe.examples(spec, split, workers) for split in ("train", "val", "test")}
   return tfds_writer.write(
       data_dir, name, synthetic_cells.CLASS_NAMES, splits, patch_size=synthetic_cells.SIZE,
-      description=synthetic_cells.__doc__,
+      description=recipe.__doc__,
       info={"source": "synthetic_cells", "spec": dataclasses.asdict(spec),
-            "recipe_version": synthetic_cells.RECIPE_VERSION})
+            "recipe_version": recipe.RECIPE_VERSION})
 
 
 def check_available(name: str, data_dir: str = "") -> bool:
@@ -167,10 +179,11 @@ def open_dataset(name: str, data_dir: str = "", *, synthetic=None, log=print) ->
     build_synthetic(data_dir, name, spec)
   with open(os.path.join(path, tfds_writer.META_FILE)) as f:
     meta = json.load(f)
-  if is_synthetic and meta["info"].get("recipe_version") != synthetic_cells.RECIPE_VERSION:
-    raise ValueError(f"{name} in {data_dir} was rendered by an older synthetic_cells recipe "
-                     f"(version {meta['info'].get('recipe_version')}, now "
-                     f"{synthetic_cells.RECIPE_VERSION}); delete {os.path.join(data_dir, name)} to "
+  expected = recipe_for(name).RECIPE_VERSION
+  if is_synthetic and meta["info"].get("recipe_version") != expected:
+    raise ValueError(f"{name} in {data_dir} was rendered by another synthetic_cells recipe "
+                     f"(version {meta['info'].get('recipe_version')}, expected "
+                     f"{expected}); delete {os.path.join(data_dir, name)} to "
                      "rebuild it, or use another dataset name")
   if is_synthetic and synthetic is not None:
     built = meta["info"].get("spec")

@@ -209,21 +209,22 @@ def check(spec: SyntheticSpec):
 
 
 def _render_specimen(args):
-  spec, s = args
-  return s, generate_specimen(spec, s)
+  spec, s, generate = args
+  return s, generate(spec, s)
 
 
-def examples(spec: SyntheticSpec, split: str, workers: int = 1):
+def examples(spec: SyntheticSpec, split: str, workers: int = 1, generate=None):
   """Yields the example dicts of one split, specimen by specimen, deterministically.
 
   Specimens render independently, so `workers` > 1 renders them in a thread pool: numpy
   releases the GIL in its array maths, and threads (unlike spawned processes) never
   re-import the caller's __main__, so scripts and notebooks without a main guard work.
-  The order of the output does not depend on it.
+  The order of the output does not depend on it. `generate` is the recipe's
+  generate_specimen (default: this recipe's).
   """
   check(spec)
   specimens = [s for s in range(spec.num_specimens) if specimen_split(spec, s) == split]
-  jobs = [(spec, s) for s in specimens]
+  jobs = [(spec, s, generate or generate_specimen) for s in specimens]
   if workers > 1:
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(workers) as pool:
