@@ -156,3 +156,48 @@ def test_metrics_do_not_depend_on_the_batch_size(short_run):
   # The random perturbations reach the model.
   assert a["perturbations"]["noise"]["rows"][0]["loss"] != pytest.approx(a["clean"]["loss"],
                                                                           rel=1e-6)
+
+
+def test_study_runs_the_suite_when_enabled_and_the_report_shows_it(tiny_data_dir, tmp_path):
+  import shutil
+
+  from cellvit_jax.experiments import report
+  from cellvit_jax.modes import study
+  from study_helpers import tiny_study_config
+  config = tiny_study_config(tiny_data_dir, rows=("customvit",), flaglimits=(32,))
+  config.study.cost.enabled = False
+  r = config.study.robustness
+  r.enabled, r.perturbations, r.num_examples = True, ("rotation", "jpeg"), 32
+  r.severities.rotation, r.severities.jpeg = (30.0,), (20,)
+  study_dir = str(tmp_path / "study")
+  study.run_mode(config, study_dir)
+  cell_dir = study_grid_cell_dir(config, study_dir)
+  with open(os.path.join(cell_dir, "robustness", "robustness.json")) as f:
+    suite = json.load(f)
+  assert suite["num_examples"] == 32 and list(suite["perturbations"]) == ["rotation", "jpeg"]
+
+  out = report.write_report(study_dir)
+  with open(out["robustness.csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["perturbation"], r["severity"]) for r in rows] == [("rotation", "30.0"),
+                                                                ("jpeg", "20")]
+  assert float(rows[0]["accuracy"]) == suite["perturbations"]["rotation"]["rows"][0]["accuracy"]
+  with open(out["report.md"]) as f:
+    md = f.read()
+  assert "## Robustness beyond blur (FlagLimit 32)" in md
+  assert f"{suite['clean']['accuracy']:.4f}" in md
+
+  # Without the suite's output the report is as before: no section, no CSV.
+  shutil.rmtree(os.path.join(cell_dir, "robustness"))
+  os.remove(out["robustness.csv"])
+  out = report.write_report(study_dir)
+  assert "robustness.csv" not in out and not os.path.exists(
+      os.path.join(os.path.dirname(out["report.md"]), "robustness.csv"))
+  with open(out["report.md"]) as f:
+    assert "Robustness beyond blur" not in f.read()
+
+
+def study_grid_cell_dir(config, study_dir):
+  from cellvit_jax.modes import study_grid
+  (cell,) = study_grid.cells(config.study)
+  return cell.workdir(study_dir)
