@@ -180,7 +180,7 @@ def test_study_runs_the_suite_when_enabled_and_the_report_shows_it(tiny_data_dir
   with open(out["robustness.csv"]) as f:
     rows = list(csv.DictReader(f))
   assert [(r["perturbation"], r["severity"]) for r in rows] == [("rotation", "30.0"),
-                                                                ("jpeg", "20")]
+                                                                ("jpeg", "20.0")]
   assert float(rows[0]["accuracy"]) == suite["perturbations"]["rotation"]["rows"][0]["accuracy"]
   with open(out["report.md"]) as f:
     md = f.read()
