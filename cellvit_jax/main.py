@@ -13,13 +13,13 @@ from ml_collections import config_flags
 
 from cellvit_jax import parallel
 from cellvit_jax.config import files as config_files
-from cellvit_jax.modes import blur_study, finetune, predict, probe, study, train
+from cellvit_jax.modes import blur_study, finetune, predict, probe, robustness, study, train
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", "", "Output directory; default runs/<model name>/ (mode=train), "
                     "runs/<fm preset>_<mode>/ (mode=probe, finetune), <config.blur.run>/blur/ "
-                    "(mode=blur), study/ (mode=study), <config.predict.run>/predict/ "
-                    "(mode=predict).")
+                    "(mode=blur), <config.robustness.run>/robustness/ (mode=robustness), "
+                    "study/ (mode=study), <config.predict.run>/predict/ (mode=predict).")
 FLAGS = flags.FLAGS
 
 
@@ -28,6 +28,7 @@ MODES = {
     "probe": probe.run_mode,
     "finetune": finetune.run_mode,
     "blur": blur_study.run_mode,
+    "robustness": robustness.run_mode,
     # A study runs its cells through this same table, so FM modes registered here become
     # study rows without the study knowing them.
     "study": lambda config, workdir: study.run_mode(config, workdir, MODES),

@@ -21,6 +21,7 @@ The grid, seeds and blur grid are our choices; the paper publishes only its Flag
 import ml_collections
 
 from cellvit_jax.models.fm import presets as fm_presets
+from cellvit_jax.modes import robustness
 
 SMALL_MODELS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
                 "convnext_tiny", "vit_small", "swin_tiny")
@@ -64,5 +65,9 @@ def get_config(arg: str = ""):
   study.blur = ml_collections.ConfigDict(dict(
       sigmas=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), split="", batch_size=0, truncate=3.0,
       boundary="reflect"))
+  # mode=robustness on every cell after blur (off by default; modes/robustness.py's grids).
+  study.robustness = robustness.get_config_section()
+  study.robustness.enabled = False
+  del study.robustness.run, study.robustness.data_dir
   study.cost = ml_collections.ConfigDict(dict(enabled=True, batch_sizes=(1, 256), min_seconds=2.0))
   return config

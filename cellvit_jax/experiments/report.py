@@ -13,6 +13,8 @@ Writes into output_dir (default <study_dir>/report/):
   data_scale.png         accuracy and macro-F1 vs FlagLimit (log2 axis)
   blur_pre_resize.png, blur_post_resize.png   accuracy vs sigma at the comparison FlagLimit
   accuracy_vs_cost.png   accuracy vs GFLOPs and vs images/s (log axes)
+  robustness.csv         only when some cell has robustness/robustness.json (mode=robustness,
+                         or study.robustness.enabled): per cell, perturbation and severity
 
 Every number is read from the store; std is the sample std (ddof=1) over seeds.
 """
@@ -82,6 +84,30 @@ def cost_table(costs, rows) -> str:
     lines.append("| " + " | ".join(cells) + " |")
   devices = sorted({costs[r]["device"] for r in rows if r in costs})
   return "\n".join(lines) + f"\n\nMeasured on: {', '.join(devices) or 'n/a'}."
+
+
+def robustness_section(suites, rows, flaglimit) -> list:
+  """Markdown: per row, test accuracy at the strongest severity of each perturbation (mean
+  over seeds at `flaglimit`), with the clean accuracy of the same patches."""
+  names = []
+  for r in suites:
+    names += [n for n in r["robustness"]["perturbations"] if n not in names]
+  md = [f"## Robustness beyond blur (FlagLimit {flaglimit})", "",
+        "Test accuracy (mean over seeds) on the suite's patches unperturbed and at each "
+        "perturbation's strongest severity (mode=robustness; every severity: "
+        "`robustness.csv`).", "",
+        "| model | clean | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+  for row in rows:
+    group = [r["robustness"] for r in suites if r["row"] == row and r["flaglimit"] == flaglimit]
+    if not group:
+      continue
+    cells = [f"{sum(g['clean']['accuracy'] for g in group) / len(group):.4f}"]
+    for name in names:
+      last = [g["perturbations"][name]["rows"][-1] for g in group if name in g["perturbations"]]
+      cells.append(f"{sum(x['accuracy'] for x in last) / len(last):.4f} "
+                   f"({last[0]['severity']:g})" if last else "")
+    md.append(f"| {row} | " + " | ".join(cells) + " |")
+  return md + [""]
 
 
 def write_report(study_dir: str, output_dir: str = "") -> dict:
@@ -171,8 +197,19 @@ def write_report(study_dir: str, output_dir: str = "") -> dict:
     md += [f"| {p['row']} | {_fmt(p['accuracy'], p['accuracy_std'], p['seeds'])} | "
            f"{p['gflops']:.4g} | {p['images_per_sec']:.0f} (batch {p['batch']}) |" for p in points]
     md += ["", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
+  suites = [r for r in records if r.get("robustness")]
+  if suites:
+    _write_csv(path("robustness.csv"),
+               ["row", "flaglimit", "seed", "perturbation", "level", "severity", "accuracy",
+                "balanced_accuracy", "macro_f1"],
+               [[r["row"], r["flaglimit"], r["seed"], name, row["level"], row["severity"],
+                 row["accuracy"], row["balanced_accuracy"], row["macro_f1"]]
+                for r in suites for name, block in r["robustness"]["perturbations"].items()
+                for row in block["rows"]])
+    md += robustness_section(suites, rows, compare_fl)
   md += ["## Files", "", "`cells.csv`, `accuracy.csv`, `blur.csv`, `cost.csv`, "
-         "`accuracy_vs_cost.csv`: the tables above as CSV.", ""]
+         "`accuracy_vs_cost.csv`" + (", `robustness.csv`" if suites else "")
+         + ": the tables above as CSV.", ""]
   atomic_files.write_text(path("report.md"), "\n".join(md))
   return out
 

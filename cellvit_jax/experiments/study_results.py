@@ -49,6 +49,9 @@ def load_cells(study_dir: str) -> list[dict]:
               "accuracy": [r["accuracy"] for r in block["per_sigma"]],
               "auc": block["auc_relative_accuracy"],
               "same_as_pre": not isinstance(blur[position], dict)}
+        # Optional: mode=robustness's output in the cell's default place (None when absent).
+        suite = os.path.join(cell_dir, "robustness", "robustness.json")
+        record["robustness"] = _load(suite) if os.path.isfile(suite) else None
         records.append(record)
   if not records:
     raise ValueError(f"--study_dir {study_dir!r} has no finished cell yet "

@@ -34,7 +34,7 @@ from absl import logging
 
 from cellvit_jax import atomic_files, parallel
 from cellvit_jax.experiments import cost
-from cellvit_jax.modes import blur_study, finished_run, probe, study_grid, train
+from cellvit_jax.modes import blur_study, finished_run, probe, robustness, study_grid, train
 from cellvit_jax.runs import lock as workdir_lock
 
 PARALLEL = ("data", "cells")
@@ -100,6 +100,8 @@ def check(config, modes) -> list:
                      "config.study.parallel='data' trains every cell on all processes; pass "
                      "--config.study.parallel=cells to split cells between workers")
   blur_study.check_sigmas(study.blur.sigmas)
+  if study.get("robustness") is not None and study.robustness.enabled:
+    robustness.check_config(study.robustness)
   all_cells = study_grid.cells(study)
   seen = set()
   for cell in all_cells:
@@ -158,6 +160,14 @@ def run_cell(cell, config, study_dir, modes) -> bool:
   blur_dir = os.path.join(workdir, "blur")
   if not process0_decides([os.path.isfile(os.path.join(blur_dir, "blur.json"))])[0]:
     blur_study.run_mode(blur_config(study, workdir), blur_dir)
+  suite_dir = os.path.join(workdir, "robustness")
+  if (study.get("robustness") is not None and study.robustness.enabled and not
+      process0_decides([os.path.isfile(os.path.join(suite_dir, "robustness.json"))])[0]):
+    section = robustness.get_config_section(workdir)
+    section.update({k: v for k, v in study.robustness.items() if k != "enabled"})
+    section.run = workdir
+    robustness.run_mode(ml_collections.ConfigDict({"mode": "robustness", "robustness": section}),
+                        suite_dir)
   t2 = time.perf_counter()
   if jax.process_index() == 0:
     atomic_files.write_json(workdir, "cell.json", {
