@@ -177,6 +177,7 @@ def _episode_means(per_episode, split, confusions, class_names):
     recalls = [e[split]["per_class_recall"][name] for e in per_episode]
     out["per_class_recall"][name] = (None if any(r is None for r in recalls)
                                      else float(np.mean(recalls)))
+  out["num_examples"] //= len(per_episode)  # the split's size, not the sum over episodes
   out["episodes"] = len(per_episode)
   return out
 
