@@ -50,11 +50,13 @@ def vote(neighbour_labels, neighbour_sims, num_classes: int):
   """Majority class of each row's neighbours; ties in the count go to the larger summed
   similarity.  (N, k) labels and similarities -> (N,) predictions."""
   k = neighbour_labels.shape[1]
-  onehot = np.eye(num_classes, dtype=np.float64)[neighbour_labels]     # (N, k, C)
-  counts = onehot.sum(axis=1)
-  sim_sums = (onehot * neighbour_sims[..., None]).sum(axis=1)           # in [-k, k]
-  # The summed similarity mapped into [0, 1) breaks ties without overturning a count.
-  return np.argmax(counts + (sim_sums + k) / (2 * k + 1), axis=1)
+  score = np.empty((len(neighbour_labels), num_classes))
+  for c in range(num_classes):  # one (N, k) mask at a time: memory N x k, not N x k x C
+    is_c = neighbour_labels == c
+    sim_sum = np.where(is_c, neighbour_sims, 0.0).sum(axis=1, dtype=np.float64)  # in [-k, k]
+    # The summed similarity mapped into [0, 1) breaks ties without overturning a count.
+    score[:, c] = is_c.sum(axis=1) + (sim_sum + k) / (2 * k + 1)
+  return np.argmax(score, axis=1)
 
 
 def predict(train_x, train_y, queries, num_classes: int, ks):
