@@ -10,6 +10,7 @@ import pytest
 
 from cellvit_jax import main
 from cellvit_jax.data import datasets, flaglimit, pipeline
+from cellvit_jax.models.fm import presets as fm_presets
 from cellvit_jax.models.fm import tiny as fm_tiny
 from cellvit_jax.modes import few_shot, finished_run, penultimate, probe
 from conftest import tiny_config
@@ -152,3 +153,35 @@ def test_few_shot_on_a_trained_customvit(customvit_run, tiny_data_dir, cache, tm
   other = tiny_config(tiny_data_dir, **{**o, "dataset.name": "synthetic_cells"})
   with pytest.raises(ValueError, match="pass --config.dataset.name=synthetic_cells_tiny"):
     probe.train_probe(other, str(tmp_path / "other"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", fm_presets.names())
+def test_every_method_and_shot_count_on_every_preset(preset, tiny_data_dir, tmp_path):
+  """The issue's grid: kNN, SimpleShot and logistic, all data and N in 1, 4, 16, 64 (FlagLimit
+  128 holds 128 per class), on every preset's tiny checkpoint; features computed once."""
+  w = fm_tiny.write_tiny(preset, str(tmp_path / "w"))
+  cache = str(tmp_path / "cache")
+  for method in probe.METHODS:
+    for shots in (0, 1, 4, 16, 64):
+      config = fm_config(f"{preset},probe", tiny_data_dir, w, cache, **{
+          "dataset.flaglimit": 128, "probe.method": method, "probe.shots": shots,
+          "probe.episodes": 2, "fm.probe_l2_grid": (1e-3,), "fm.probe_max_steps": 30})
+      r = probe.train_probe(config, str(tmp_path / f"{method}{shots}"))
+      assert r["method"] == method and 0.0 <= r["test"]["accuracy"] <= 1.0
+      assert r["train_examples"] == 4 * (shots or 128)
+      if shots:
+        accs = [e["test"]["accuracy"] for e in r["few_shot"]["per_episode"]]
+        assert r["few_shot"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+  assert all(c["hit"] for c in r["cache"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shots", [1, 16, 64])
+def test_more_shot_counts_on_a_trained_customvit(shots, customvit_run, tiny_data_dir, tmp_path):
+  for method in probe.METHODS:
+    r = probe.train_probe(tiny_config(tiny_data_dir, **{
+        "mode": "probe", "probe.run": customvit_run, "probe.method": method, "probe.shots": shots,
+        "probe.episodes": 2, "fm.probe_l2_grid": (1e-3,), "fm.probe_max_steps": 30}),
+        str(tmp_path / method))
+    assert r["train_examples"] == 4 * shots and len(r["few_shot"]["per_episode"]) == 2
