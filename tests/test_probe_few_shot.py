@@ -64,6 +64,8 @@ def test_knn_and_simpleshot_on_all_training_features(tiny_data_dir, phikon, cach
   assert ss_r["test"]["accuracy"] == np.mean(_simpleshot_reference(x_tr, y_tr, x_te, 4) == y_te)
   assert ss_r["cache"]["train"]["hit"]  # the same cached features serve every method
   assert not os.path.exists(os.path.join(tmp_path, "knn", "probe_head.npz"))
+  with pytest.raises(ValueError, match="probe.method='knn'.*only a full-data logistic probe"):
+    finished_run.load_run(str(tmp_path / "knn"))
 
 
 @pytest.mark.parametrize("method,shots", [("simpleshot", 1), ("knn", 4), ("logistic", 4)])
