@@ -121,4 +121,14 @@ def get_config():
   config.fm.feature_batch_size = 64     # probe: images per backbone call
   # Probe features; "" -> $CELLVIT_CACHE or ~/.cache/cellvit_jax.
   config.fm.cache_dir = ""
+
+  # mode=probe (modes/probe.py, docs/foundation_models.md): how frozen features are classified
+  # and on how many labels. The L2 grid and L-BFGS steps of 'logistic' are config.fm.probe_*.
+  config.probe = ml_collections.ConfigDict()
+  config.probe.method = "logistic"      # logistic | knn (cosine, k chosen on val) | simpleshot
+  config.probe.knn_k_grid = (1, 5, 10, 20, 50)
+  config.probe.shots = 0                # 0: the whole FlagLimit subset; N: N per class per episode
+  config.probe.episodes = 10            # N-shot episodes (mean and 95% t-interval over them)
+  config.probe.run = ""                 # "": the FM of config.fm; a finished run's workdir: its
+                                        # penultimate features (the input of its head)
   return config

@@ -11,9 +11,14 @@ import numpy as np
 import optax
 
 
-def standardize_stats(x):
+def standardize_stats(x, min_std_ratio: float = 0.0):
+  """(mean, sd + 1e-6) of each feature; with min_std_ratio > 0 the sd is floored at that
+  fraction of the mean sd, so that a feature (nearly) constant over a tiny training set does
+  not get an unbounded scale."""
   mean = x.mean(axis=0)
   std = x.std(axis=0) + 1e-6
+  if min_std_ratio > 0:
+    std = np.maximum(std, min_std_ratio * std.mean())
   return mean, std
 
 

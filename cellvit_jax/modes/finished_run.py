@@ -115,6 +115,12 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   if not os.path.isdir(ckpt_dir) and not is_probe:
     raise _not_a_run(workdir, "no checkpoints/")
   config = config or load_config(workdir)  # no config.json: load_config names the workdir
+  if is_probe and (config.probe.method != "logistic" or config.probe.shots or config.probe.run):
+    p = config.probe
+    raise ValueError(
+        f"{workdir} holds a probe without a single model to load (probe.method={p.method!r}, "
+        f"probe.shots={p.shots}, probe.run={p.run!r}); only a full-data logistic probe of a "
+        "foundation model (the defaults) can be evaluated or predicted with")
   if data_dir is not None:
     config.dataset.data_dir = data_dir
   mesh = mesh if mesh is not None else parallel.make_mesh()
