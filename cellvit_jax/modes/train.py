@@ -21,7 +21,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cellvit_jax import atomic_files, models, parallel
-from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
+from cellvit_jax.data import datasets, flaglimit, index_stream, on_device, pipeline
 from cellvit_jax.engine import evaluation, multistep, optimizer, preemption, steps, train_length
 from cellvit_jax.engine import state as state_lib
 from cellvit_jax.models import dtypes
@@ -117,8 +117,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resident_data = None
   if held_on_device:
     resident_data = on_device.place(*pipeline.load_arrays(train_source, subset), mesh)
-    train_iter = iter(pipeline.train_index_dataset(
-        len(subset), global_batch=config.train.batch_size, seed=config.seed))
+    train_iter = index_stream.IndexBatches(len(subset), global_batch=config.train.batch_size,
+                                           seed=config.seed)
   else:
     train_iter = iter(pipeline.train_dataset(
         train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with preemption.PreemptionWatch() as watch:
     while step < end:
       n = multistep.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
-      state, m = run_steps(state, [next(train_iter) for _ in range(n)], step_rng, step)
+      state, m = run_steps.run(state, train_iter, n, step_rng, step)
       pending.extend(m)
       bar.update(n)
       done, calls = step + n, calls + 1
