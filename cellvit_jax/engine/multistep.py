@@ -29,11 +29,29 @@ from cellvit_jax import parallel
 from cellvit_jax.data import on_device
 
 
+# "auto": one step per call on CPU, where a step outlasts its launch and the unrolled k-step
+# program compiles k times longer; 16 on accelerators, where a small model's step is shorter
+# than the host's launch (our choice; not yet measured on a GPU).
+AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
+AUTO_ACCELERATOR_STEPS = 16
+
+
 def check_steps_per_dispatch(k):
-  """One-line error for config.train.steps_per_dispatch."""
+  """One-line error for config.train.steps_per_dispatch: "auto" or an integer >= 1."""
+  resolve_steps_per_dispatch(k, "cpu")
+
+
+def resolve_steps_per_dispatch(k, backend: str = "") -> int:
+  """config.train.steps_per_dispatch -> the k this backend runs ("auto": see above)."""
+  if isinstance(k, str) and k.strip().lower() == "auto":
+    backend = backend or jax.default_backend()
+    return AUTO_STEPS_PER_DISPATCH.get(backend, AUTO_ACCELERATOR_STEPS)
+  if isinstance(k, str) and k.strip().isdigit():  # from the command line into a str field
+    k = int(k)
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 (train "
-                     "steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
+    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be 'auto' or an integer >= 1 "
+                     "(train steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
+  return int(k)
 
 
 def unrolls(backend: str = "") -> bool:

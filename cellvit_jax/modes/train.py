@@ -51,12 +51,18 @@ def _progress(total, initial, train_cfg):
 def resolved(config):
   """The config a run records and uses: model.dtype "auto" replaced by the dtype this backend
   computes in, so that config.json and results.json name it (and a run moved to another
-  backend is refused as a different config rather than resumed in another precision)."""
+  backend is refused as a different config rather than resumed in another precision), and
+  train.steps_per_dispatch "auto" by the k this backend runs (engine/multistep.py)."""
+  multistep.check_steps_per_dispatch(config.train.steps_per_dispatch)
   dtype = dtypes.resolve_dtype(config.model.dtype)
-  if dtype == config.model.dtype:
+  k = multistep.resolve_steps_per_dispatch(config.train.steps_per_dispatch)
+  if dtype == config.model.dtype and k == config.train.steps_per_dispatch:
     return config
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
+  with config.unlocked():
+    del config.train["steps_per_dispatch"]  # the field's type goes from str to int
+    config.train.steps_per_dispatch = k
   return config
 
 
