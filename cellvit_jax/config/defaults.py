@@ -13,6 +13,9 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.mode = "train"
   config.seed = 0
+  # JAX's persistent compilation cache (compile_cache.py): "auto" = ~/.cache/cellvit_jax/
+  # jax_cache (or $XDG_CACHE_HOME), a folder, or "off".
+  config.compile_cache_dir = "auto"
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "synthetic_cells"
