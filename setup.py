@@ -3,8 +3,9 @@ import setuptools
 
 # Versions seen to work together on CPU, Python 3.11; CI (.ci/run) installs exactly these.
 # transformers must stay below 5: 5.x has no Flax models.
+JAX_VERSION = "0.10.2"
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
+    f"jax=={JAX_VERSION}",
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
@@ -47,5 +48,7 @@ setuptools.setup(
         "parity": ["torch==2.13.0"],
         # PyTorch baselines of benchmarks/train_step.py (benchmarks/torch_ref/).
         "bench": ["torch==2.13.0"],
+        # NVIDIA GPUs: jax's CUDA 12 wheels, the same jax version as above.
+        "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
     },
 )

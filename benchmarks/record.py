@@ -54,6 +54,9 @@ BENCHMARKS = (  # (name, command, why)
      "The train_loop comparison for ResNet-18 alone (default config, batch 128; 1.5-3 min a "
      "step on one core of our 2-core hosts): host stream k = 1 vs resident k = 1 and k = 2 "
      "(unrolled); run it with --timeout=3600."),
+    ("loop_vs_step", f"{PY} -m benchmarks.loop_vs_step --parts",
+     "The real train loop (train_and_evaluate) against its own jitted step on a ~2 ms CPU step: "
+     "loop/step (goal >= 0.9) and the host time of each piece of a loop iteration."),
     ("profile_customvit_fp32", f"{PY} -m benchmarks.profile_step --model=customvit --dtype=float32",
      "Where the CustomViT fp32 train step spends its time (jax.profiler trace, per XLA op)."),
     ("profile_customvit_bf16",

@@ -11,7 +11,7 @@ import threading
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cellvit_jax import parallel
+from cellvit_jax import compile_cache, parallel
 from cellvit_jax.config import files as config_files
 from cellvit_jax.modes import blur_study, finetune, predict, probe, robustness, study, train
 
@@ -43,6 +43,7 @@ def run(config, workdir: str = ""):
   if config.mode not in MODES:
     raise ValueError(f"unknown config.mode {config.mode!r}; "
                      f"valid modes: {', '.join(sorted(MODES))}")
+  compile_cache.enable(config.get("compile_cache_dir", "auto"))
   MODES[config.mode](config, workdir)
 
 

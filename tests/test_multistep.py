@@ -60,7 +60,10 @@ def test_on_device_auto_follows_the_byte_budget():
 @pytest.mark.parametrize("key,value,match", [
     ("dataset.on_device", "maybe", "config.dataset.on_device='maybe' is not one of"),
     ("dataset.on_device_max_mb", -1, "config.dataset.on_device_max_mb=-1 must be"),
-    ("train.steps_per_dispatch", 0, "config.train.steps_per_dispatch=0 must be an integer >= 1"),
+    ("train.steps_per_dispatch", 0,
+     "config.train.steps_per_dispatch=0 must be 'auto' or an integer >= 1"),
+    ("train.steps_per_dispatch", "fast",
+     "config.train.steps_per_dispatch='fast' must be 'auto' or an integer >= 1"),
     ("model.dtype", "half", "config.model.dtype='half' is not supported; choose one of "
                             r"\['auto', 'bfloat16', 'float32'\]"),
 ])
@@ -89,6 +92,22 @@ def test_finished_run_records_resolved_dtype_and_data_placement(tiny_trained_run
     config = json.load(f)
   assert results["compute_dtype"] == config["model"]["dtype"] == "float32"
   assert results["train_data_on_device"] is True and results["steps_per_dispatch"] == 1
+  assert config["train"]["steps_per_dispatch"] == 1  # "auto" (the default) resolved on CPU
+
+
+def test_auto_steps_per_dispatch_is_one_on_cpu_and_more_on_accelerators():
+  from cellvit_jax.config import defaults as config_defaults
+  assert config_defaults.get_config().train.steps_per_dispatch == "auto"
+  assert multistep.resolve_steps_per_dispatch("auto", "cpu") == 1
+  assert multistep.resolve_steps_per_dispatch(" AUTO", "gpu") == 16
+  assert multistep.resolve_steps_per_dispatch("auto", "tpu") == 16
+  assert multistep.resolve_steps_per_dispatch("8", "gpu") == 8  # a str field from a flag
+  assert multistep.resolve_steps_per_dispatch(np.int64(2), "cpu") == 2
+  for bad in (True, 1.5, "-2", None):
+    with pytest.raises(ValueError, match="steps_per_dispatch"):
+      multistep.resolve_steps_per_dispatch(bad, "cpu")
+  config = tiny_config("unused", **{"train.steps_per_dispatch": 4})  # an int into the field
+  assert train.resolved(config).train.steps_per_dispatch == 4
 
 
 def _train_curve(data_dir, workdir, **overrides):

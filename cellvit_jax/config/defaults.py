@@ -6,12 +6,16 @@ default run finishes in minutes on a 2-core CPU; raise `train.epochs` and the Fl
 for real studies on GPU/TPU.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
   config = ml_collections.ConfigDict()
   config.mode = "train"
   config.seed = 0
+  # JAX's persistent compilation cache (compile_cache.py): "auto" = ~/.cache/cellvit_jax/
+  # jax_cache (or $XDG_CACHE_HOME), a folder, or "off".
+  config.compile_cache_dir = "auto"
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "synthetic_cells"
@@ -97,7 +101,8 @@ def get_config():
   # Train steps per jitted call (engine/multistep.py: 1 = the plain step; k > 1 unrolled on CPU, a
   # lax.scan elsewhere): logs, evaluation, checkpoints and SIGTERM act on call boundaries.
   # >1 pays where the host loop, not the device, is the limit; it changes results by rounding.
-  config.train.steps_per_dispatch = 1
+  # "auto": 1 on CPU, 16 on GPU/TPU; or an integer (typed object so that both parse).
+  config.train.steps_per_dispatch = config_dict.FieldReference("auto", field_type=object)
   config.train.eval_every_epochs = 5.0  # validation costs a pass over the val split
   config.train.checkpoint_every_epochs = 1.0
   config.train.keep_checkpoints = 2

@@ -17,6 +17,9 @@ Which program runs a dispatch of n steps:
   (benchmarks/FINDINGS.md). Unrolling costs compile time (about k times one step's).
 - 1 < n < k (a dispatch cut at an evaluation, checkpoint or the end): n single steps, so at
   most two programs are ever compiled.
+The train loop calls StepRunner.run: with resident data its single steps read their positions
+from a chunk of many steps' positions already on the device (index_stream.IndexBatches) and
+fold the rng inside the program, so the host's per-step work is one dispatch.
 """
 import jax
 import numpy as np
@@ -26,11 +29,29 @@ from cellvit_jax import parallel
 from cellvit_jax.data import on_device
 
 
+# "auto": one step per call on CPU, where a step outlasts its launch and the unrolled k-step
+# program compiles k times longer; 16 on accelerators, where a small model's step is shorter
+# than the host's launch (our choice; not yet measured on a GPU).
+AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
+AUTO_ACCELERATOR_STEPS = 16
+
+
 def check_steps_per_dispatch(k):
-  """One-line error for config.train.steps_per_dispatch."""
+  """One-line error for config.train.steps_per_dispatch: "auto" or an integer >= 1."""
+  resolve_steps_per_dispatch(k, "cpu")
+
+
+def resolve_steps_per_dispatch(k, backend: str = "") -> int:
+  """config.train.steps_per_dispatch -> the k this backend runs ("auto": see above)."""
+  if isinstance(k, str) and k.strip().lower() == "auto":
+    backend = backend or jax.default_backend()
+    return AUTO_STEPS_PER_DISPATCH.get(backend, AUTO_ACCELERATOR_STEPS)
+  if isinstance(k, str) and k.strip().isdigit():  # from the command line into a str field
+    k = int(k)
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be an integer >= 1 (train "
-                     "steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
+    raise ValueError(f"config.train.steps_per_dispatch={k!r} must be 'auto' or an integer >= 1 "
+                     "(train steps per jitted call), e.g. 1 on CPU or 16 on a GPU")
+  return int(k)
 
 
 def unrolls(backend: str = "") -> bool:
@@ -78,23 +99,41 @@ def make_multi_step(pure_step, mesh, k: int, unroll=None):
 
 class StepRunner:
   """`dispatcher(state, batches, rng, step) -> (state, [metrics per step])`: runs the
-  len(batches) steps that start after `step` steps (see the module docstring for how).
+  len(batches) steps that start after `step` steps (see the module docstring for how);
+  `dispatcher.run(state, train_iter, n, rng, step)`: the same for the next n batches of the
+  train loop's iterator.
 
   train_step: the jitted single step of steps.make_steps; pure_step: the same step unjitted
   (steps.make_train_step); resident_data: on_device.place(...) when batches are {'index'}
   positions, else None.
+
+  With resident data and an index_stream.IndexBatches iterator, run() keeps the positions of
+  the next `chunk_steps` steps on the device (one transfer per chunk) and each single step
+  picks its row by state.step and folds the rng inside the program, so a step costs the host
+  one dispatch and no transfer.
   """
 
-  def __init__(self, train_step, pure_step, mesh, steps_per_dispatch: int, resident_data=None):
+  def __init__(self, train_step, pure_step, mesh, steps_per_dispatch: int, resident_data=None,
+               chunk_steps: int = 256):
     self._mesh, self._k, self._resident = mesh, steps_per_dispatch, resident_data
     self._train_step = train_step
+    rep = parallel.replicated(mesh)
     if resident_data is not None:
-      rep = parallel.replicated(mesh)
       self._train_step = jax.jit(
           lambda state, data, batch, rng: pure_step(state, on_device.gather(data, batch, mesh),
                                                     rng),
           in_shardings=(rep, rep, parallel.batch_sharding(mesh), rep), out_shardings=(rep, rep),
           donate_argnums=0)
+
+      def chunk_step(state, data, chunk, chunk_start, rng):
+        row = jax.lax.dynamic_index_in_dim(chunk, state.step - chunk_start, keepdims=False)
+        batch = on_device.gather(data, {"index": row}, mesh)
+        return pure_step(state, batch, jax.random.fold_in(rng, state.step))
+
+      self._chunk_step = jax.jit(
+          chunk_step, in_shardings=(rep, rep, stacked_sharding(mesh), rep, rep),
+          out_shardings=(rep, rep), donate_argnums=0)
+    self._chunk_steps, self._chunk, self._chunk_range = chunk_steps, None, (0, 0)
     self._multi_step = None
     if steps_per_dispatch > 1:
       self._multi_step = make_multi_step(pure_step, mesh, steps_per_dispatch)
@@ -112,6 +151,29 @@ class StepRunner:
     for i, batch in enumerate(batches):
       state, m = self._single(state, batch, jax.random.fold_in(rng, step + i))
       metrics.append(m)
+    return state, metrics
+
+  def run(self, state, train_iter, n: int, rng, step: int):
+    """The next n steps on the next n batches of `train_iter`, whose next batch is step's."""
+    if self._resident is None or not hasattr(train_iter, "positions"):
+      return self(state, [next(train_iter) for _ in range(n)], rng, step)
+    if train_iter.next_index != step:
+      raise ValueError(f"the index stream is at batch {train_iter.next_index}, the state at "
+                       f"step {step}; they must advance together")
+    if n == self._k > 1:
+      return self(state, [{"index": p} for p in train_iter.take(n)], rng, step)
+    metrics = []
+    for s in range(step, step + n):
+      first, stop = self._chunk_range
+      if not first <= s < stop:  # the positions of the next chunk_steps steps, in one transfer
+        local = train_iter.positions(s, self._chunk_steps)
+        self._chunk = (jax.make_array_from_process_local_data(stacked_sharding(self._mesh),
+                                                              local),
+                       jax.device_put(np.int32(s), parallel.replicated(self._mesh)))
+        self._chunk_range = (s, s + self._chunk_steps)
+      state, m = self._chunk_step(state, self._resident, *self._chunk, rng)
+      metrics.append(m)
+    train_iter.advance(n)
     return state, metrics
 
 

@@ -16,12 +16,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from cellvit_jax import atomic_files, models, parallel
-from cellvit_jax.data import datasets, flaglimit, on_device, pipeline
+from cellvit_jax.data import datasets, flaglimit, index_stream, on_device, pipeline
 from cellvit_jax.engine import evaluation, multistep, optimizer, preemption, steps, train_length
 from cellvit_jax.engine import state as state_lib
 from cellvit_jax.models import dtypes
@@ -43,6 +44,16 @@ def _check_finite(first_step, per_step_metrics):
           "a stronger gradient clip (--config.optim.grad_clip).")
 
 
+# Per-step metrics (dicts of scalars on the device) stacked into one array per metric, so a log
+# point fetches a few arrays rather than one scalar per metric and step (each a host sync).
+_stack_metrics = jax.jit(lambda ms: {k: jnp.stack([m[k] for m in ms]) for k in ms[0]})
+
+
+def _fetch_metrics(pending):
+  host = jax.device_get(_stack_metrics(pending))
+  return [{k: v[i] for k, v in host.items()} for i in range(len(pending))]
+
+
 def _progress(total, initial, train_cfg):
   enabled = train_cfg.progress_bar and sys.stderr.isatty() and jax.process_index() == 0
   return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
@@ -51,12 +62,18 @@ def _progress(total, initial, train_cfg):
 def resolved(config):
   """The config a run records and uses: model.dtype "auto" replaced by the dtype this backend
   computes in, so that config.json and results.json name it (and a run moved to another
-  backend is refused as a different config rather than resumed in another precision)."""
+  backend is refused as a different config rather than resumed in another precision), and
+  train.steps_per_dispatch "auto" by the k this backend runs (engine/multistep.py)."""
+  multistep.check_steps_per_dispatch(config.train.steps_per_dispatch)
   dtype = dtypes.resolve_dtype(config.model.dtype)
-  if dtype == config.model.dtype:
+  k = multistep.resolve_steps_per_dispatch(config.train.steps_per_dispatch)
+  if dtype == config.model.dtype and k == config.train.steps_per_dispatch:
     return config
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
+  with config.unlocked():
+    del config.train["steps_per_dispatch"]  # the field's type goes from str to int
+    config.train.steps_per_dispatch = k
   return config
 
 
@@ -77,6 +94,7 @@ def check_config(config, mesh):
 
 @workdir_lock.releases_own_locks
 def train_and_evaluate(config, workdir: str) -> dict:
+  t_entry = time.perf_counter()
   config = resolved(config)
   mesh = parallel.make_mesh()
   check_config(config, mesh)
@@ -117,8 +135,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resident_data = None
   if held_on_device:
     resident_data = on_device.place(*pipeline.load_arrays(train_source, subset), mesh)
-    train_iter = iter(pipeline.train_index_dataset(
-        len(subset), global_batch=config.train.batch_size, seed=config.seed))
+    train_iter = index_stream.IndexBatches(len(subset), global_batch=config.train.batch_size,
+                                           seed=config.seed)
   else:
     train_iter = iter(pipeline.train_dataset(
         train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
@@ -154,10 +172,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   end = min(total, start + max_steps) if max_steps > 0 else total
   bar = _progress(total, start, config.train)
   step, calls = start, 0
+  first_dispatch = None  # (seconds from entry, seconds of the call): compilation, mostly
   with preemption.PreemptionWatch() as watch:
     while step < end:
       n = multistep.dispatch_length(step, per_dispatch, end, (eval_every, ckpt_every))
-      state, m = run_steps(state, [next(train_iter) for _ in range(n)], step_rng, step)
+      t_call = time.perf_counter()
+      state, m = run_steps.run(state, train_iter, n, step_rng, step)
+      if first_dispatch is None:
+        now = time.perf_counter()
+        first_dispatch = (now - t_entry, now - t_call)
       pending.extend(m)
       bar.update(n)
       done, calls = step + n, calls + 1
@@ -169,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Metrics are fetched only here (no per-step host sync), and always before a
       # checkpoint, so a non-finite state is never saved as the latest.
       if done // log_every > step // log_every or is_eval or is_ckpt:
-        host = jax.device_get(pending)
+        host = _fetch_metrics(pending)
         now = time.perf_counter()
         if t_mark is not None:  # the first interval includes compilation: not timed
           timed_steps += len(host)
@@ -232,7 +255,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config.to_dict(), dataset, counts, mesh, test, val, workdir, step=total,
       num_params=num_params, steps=total, train_images_per_sec=images_per_sec,
       compute_dtype=config.model.dtype,
-      train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch)
+      train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch,
+      # From entry (data, state, compilation) to the first dispatched step, and that call
+      # alone; None when this invocation trained no step.
+      time_to_first_step_seconds=first_dispatch and round(first_dispatch[0], 3),
+      first_dispatch_seconds=first_dispatch and round(first_dispatch[1], 3))
   if is_main:
     test_predictions.save(workdir, dataset.name, test_split, test_labels, test_preds,
                           dataset.class_names)

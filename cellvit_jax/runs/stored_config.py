@@ -26,7 +26,7 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "augment.color.prob": 0.0, "augment.color.brightness": 0.1,
               "augment.color.contrast": 0.1, "augment.color.saturation": 0.1,
               "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0,
-              "optim.ema_decay": 0.0,
+              "optim.ema_decay": 0.0, "compile_cache_dir": "auto",
               "probe.method": "logistic", "probe.knn_k_grid": [1, 5, 10, 20, 50],
               "probe.shots": 0, "probe.episodes": 10, "probe.run": ""}
 

@@ -23,7 +23,9 @@ RESUMABLE_CHANGES = {"train.progress_bar", "train.log_every_steps", "dataset.wor
                      # how CustomViT's stem convs are computed, not what (models/conv_impl.py)
                      "model.kwargs.stem_impl",
                      # where the FM feature cache lives (entries are keyed by content)
-                     "fm.cache_dir", "fm.feature_batch_size"}
+                     "fm.cache_dir", "fm.feature_batch_size",
+                     # where compiled programs are cached (compile_cache.py)
+                     "compile_cache_dir"}
 
 def config_differences(old: dict, new: dict) -> list:
   # Both configs as JSON stores them (tuples as lists), flattened to 'a.b' keys.
