@@ -121,4 +121,13 @@ def get_config():
   config.fm.feature_batch_size = 64     # probe: images per backbone call
   # Probe features; "" -> $CELLVIT_CACHE or ~/.cache/cellvit_jax.
   config.fm.cache_dir = ""
+  # mode=finetune: full (every weight, layer-wise lr decay) or LoRA adapters on a frozen base
+  # (models/fm/lora.py; docs/foundation_models.md "LoRA").
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.method = "full"       # 'full' | 'lora'
+  config.finetune.lora_rank = 8         # r of W + (alpha / r) A B
+  config.finetune.lora_alpha = 16.0
+  config.finetune.lora_targets = "all"  # 'all' block kernels, or module paths in a block:
+                                        # e.g. 'query,value' or 'attention/output/dense,mlp/fc1'
+
   return config
