@@ -1,10 +1,10 @@
 """LoRA fine-tuning of a foundation model (config.finetune.method = 'lora').
 
-A parameter-tree LoRA: the FM's modules are not rewritten.  Each targeted Dense kernel W of
-the backbone's blocks gets two fp32 factors A (in, r), normal with std 1/sqrt(in), and
-B (r, out), zeros; the forward runs the unchanged FoundationModel on the merged kernels
-W + (alpha / r) A B, built inside the jitted step.  B = 0 makes the first forward the base
-model's exactly.
+The FM's modules are not rewritten.  Each targeted Dense kernel W of the backbone's blocks
+gets two fp32 factors A (in, r), normal with std 1/sqrt(in), and B (r, out), zeros; the
+forward runs the unchanged FoundationModel on the frozen base and adds (alpha / r) (x A) B
+to each targeted Dense's output (flax's method interception).  B = 0 makes the first
+forward the base model's exactly; merged kernels W + (alpha / r) A B give the same function.
 
 Who holds what:
   params (trained, in the optimiser state and the checkpoint)
@@ -202,10 +202,26 @@ class LoraFoundationModel(interface.Model):
       backbone = jax.tree.map(lambda w: jnp.zeros(w.shape, self.fm.dtype), self.base.abstract)
     else:
       backbone = self.get_variable("frozen", "backbone")
-    params = {"backbone": merge_backbone(backbone, lora, self.targets, self.scale),
-              "head": head}
+    # Unmerged: x W + (alpha / r) (x A) B at each targeted Dense, added by intercepting the
+    # base model's Dense calls, so W is never differentiated (no full-size weight gradient)
+    # and the adapters' term stays in fp32 whatever the compute dtype.
+    by_module = {("backbone", *t.split("/")[:-1]): _get(lora, t.removesuffix("/kernel"))
+                 for t in self.targets}
+    scale = self.scale
+
+    def add_adapter(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      ab = by_module.get(tuple(context.module.path))
+      if ab is None or context.method_name != "__call__" or not isinstance(
+          context.module, nn.Dense):
+        return out
+      x = args[0].astype(jnp.float32)
+      return (out.astype(jnp.float32) + scale * ((x @ ab["a"]) @ ab["b"])).astype(out.dtype)
+
     rngs = {"dropout": self.make_rng("dropout")} if train else {}
-    return self.fm.apply({"params": params}, images01, train=train, rngs=rngs)
+    with nn.intercept_methods(add_adapter):
+      return self.fm.apply({"params": {"backbone": backbone, "head": head}}, images01,
+                           train=train, rngs=rngs)
 
 
 def merge_backbone(backbone, lora, targets, scale: float):
