@@ -136,4 +136,14 @@ def get_config():
   config.probe.episodes = 10            # N-shot episodes (mean and 95% t-interval over them)
   config.probe.run = ""                 # "": the FM of config.fm; a finished run's workdir: its
                                         # penultimate features (the input of its head)
+
+  # mode=finetune: full (every weight, layer-wise lr decay) or LoRA adapters on a frozen base
+  # (models/fm/lora.py; docs/foundation_models.md "LoRA").
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.method = "full"       # 'full' | 'lora'
+  config.finetune.lora_rank = 8         # r of W + (alpha / r) A B
+  config.finetune.lora_alpha = 16.0
+  config.finetune.lora_targets = "all"  # 'all' block kernels, or module paths in a block:
+                                        # e.g. 'query,value' or 'attention/output/dense,mlp/fc1'
+
   return config

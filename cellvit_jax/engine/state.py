@@ -44,8 +44,11 @@ def build_state(model, tx, image_size: int, mesh, *, rng=None, ema: bool = False
     return parallel.replicate(state, mesh)
   if abstract:
     shapes = jax.eval_shape(
-        lambda r: steps.create_state(r, model, tx, image_size, mesh, ema=ema), jax.random.key(0))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+        lambda r: steps.create_state(r, model, tx, image_size, mesh, ema=ema, trained_only=True),
+        jax.random.key(0))
+    shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+    # A frozen base (LoRA) is not restored from a checkpoint: the target carries it for real.
+    return steps.with_frozen_base(shapes, model, mesh)
   if rng is None:
     raise ValueError("build_state needs rng, params or abstract=True")
   return steps.create_state(rng, model, tx, image_size, mesh, ema=ema)

@@ -40,6 +40,15 @@ class EmaTrainState(TrainState):
   ema: Any = flax.struct.field(default_factory=dict)
 
 
+class FrozenBaseTrainState(TrainState):
+  """A TrainState whose model also reads weights it does not train (LoRA's base backbone,
+  models/fm/lora.py): `frozen` is passed to the model as the 'frozen' collection, never
+  differentiated nor checkpointed (runs/checkpoint.py); `base_fingerprint` names the weights
+  it came from and is checkpointed."""
+  frozen: Any = flax.struct.field(default_factory=dict)
+  base_fingerprint: Any = None
+
+
 def blur_augment_config(augment_cfg):
   """config.augment.blur as (prob, sigma_min, sigma_max) floats, or None when it is off."""
   b = augment_cfg.blur
@@ -128,12 +137,16 @@ def eval_logits(model, normalize_cfg, state, images01):
   return model.apply(_eval_variables(state), x, train=False).astype(jnp.float32)
 
 
-def _as_variables(params, batch_stats):
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+def _as_variables(params, batch_stats, frozen=None):
+  variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+  if frozen:
+    variables["frozen"] = frozen
+  return variables
 
 
 def _variables(state, params=None):
-  return _as_variables(state.params if params is None else params, state.batch_stats)
+  return _as_variables(state.params if params is None else params, state.batch_stats,
+                       getattr(state, "frozen", None))
 
 
 def _eval_variables(state):
@@ -241,9 +254,11 @@ def make_steps(model, schedule, mesh, optim_cfg, augment_cfg, normalize_cfg):
   return train_step, eval_step
 
 
-def create_state(rng, model, tx, image_size: int, mesh, ema: bool = False) -> TrainState:
+def create_state(rng, model, tx, image_size: int, mesh, ema: bool = False,
+                 trained_only: bool = False) -> TrainState:
   """Initialises parameters (replicated over the mesh) from `rng`; with `ema`, a moving
-  average of the weights starts at them (config.optim.ema_decay > 0)."""
+  average of the weights starts at them (config.optim.ema_decay > 0). A frozen-base model's
+  state also carries its base (with_frozen_base), unless `trained_only`."""
   def init(rng):
     p_rng, d_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -252,4 +267,20 @@ def create_state(rng, model, tx, image_size: int, mesh, ema: bool = False) -> Tr
     state = cls.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                        batch_stats=variables.get("batch_stats", {}))
     return state.replace(ema=_ema_target(state)) if ema else state
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+  return state if trained_only else with_frozen_base(state, model, mesh)
+
+
+def with_frozen_base(state, model, mesh):
+  """For a model that reads a frozen base (getattr(model, 'holds_frozen_base')): the state
+  as a FrozenBaseTrainState carrying it (replicated) and its fingerprint; others unchanged."""
+  if not getattr(model, "holds_frozen_base", False):
+    return state
+  if isinstance(state, EmaTrainState):
+    raise ValueError("a frozen-base (LoRA) model keeps no moving average; set "
+                     "config.optim.ema_decay=0")
+  fields = {f: getattr(state, f) for f in ("step", "apply_fn", "params", "tx", "opt_state",
+                                            "batch_stats")}
+  return FrozenBaseTrainState(
+      **fields, frozen=parallel.replicate({"backbone": model.frozen_variables()}, mesh),
+      base_fingerprint=parallel.replicate(model.base.fingerprint, mesh))

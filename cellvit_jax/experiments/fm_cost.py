@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from cellvit_jax.experiments import cost
-from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import foundation, lora
 from cellvit_jax.models.fm import presets as fm_presets
 from cellvit_jax.models.fm import weights as fm_weights
 
@@ -43,6 +43,17 @@ def preset_model(name: str, num_classes: int = 4) -> foundation.FoundationModel:
       std=tuple(preset.std), feature=preset.feature, resize_method=preset.resize)
 
 
+def lora_trainable_params(name: str, rank: int = 8, targets: str = "all",
+                          num_classes: int = 4) -> int:
+  """Parameters LoRA fine-tuning trains (adapters r x (in + out) per targeted block kernel,
+  and the head) at the preset's published size: config.finetune.method='lora'."""
+  abstract = jax.eval_shape(lambda: preset_model(name, num_classes).init(
+      jax.random.key(0), jnp.zeros((1, cost.NATIVE_SIZE, cost.NATIVE_SIZE, 3))))["params"]
+  kernels = lora.select_targets(abstract["backbone"], targets)
+  adapters = sum(rank * sum(lora._get(abstract["backbone"], k).shape) for k in kernels)
+  return int(adapters + sum(np.prod(x.shape) for x in jax.tree.leaves(abstract["head"])))
+
+
 def _forward(model):
   def forward(variables, images):
     return model.apply(variables, images.astype(jnp.float32) / 255.0).astype(jnp.float32)
@@ -59,7 +70,8 @@ def preset_cost(name: str, *, measure_below: float = 4e8, min_seconds: float = 1
   compiled = jax.jit(_forward(model)).lower(abstract, images).compile()
   row = {"model": name, "hub_id": fm_presets.get(name).hub_id,
          "published": fm_presets.get(name).published.split(" (")[0],
-         "params": params, "input_size": model.input_size,
+         "params": params, "lora_r8_trainable_params": lora_trainable_params(name),
+         "input_size": model.input_size,
          "gflops_per_image": cost.xla_flops(compiled) / 1e9, "images_per_sec": {},
          "device": jax.devices()[0].device_kind}
   if params < measure_below:

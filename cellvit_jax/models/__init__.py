@@ -13,7 +13,7 @@ import dataclasses
 import importlib
 
 from cellvit_jax.models import dtypes
-from cellvit_jax.models.fm import foundation
+from cellvit_jax.models.fm import foundation, lora
 from cellvit_jax.models.fm import presets as fm_presets
 
 _REGISTRY = {
@@ -51,18 +51,25 @@ def build(name: str, num_classes: int, dtype=None, **kwargs):
   return cls(num_classes=num_classes, **kwargs)
 
 
-def from_config(model_cfg, fm_cfg, num_classes: int):
+def from_config(model_cfg, fm_cfg, num_classes: int, finetune_cfg=None):
   """The model of config.model and config.fm (None when the config has no fm section): a
-  foundation model when fm_cfg.preset is set, else the registry entry model_cfg.name with
+  foundation model when fm_cfg.preset is set (with LoRA adapters when config.finetune, passed
+  by the training modes, says method='lora'), else the registry entry model_cfg.name with
   model_cfg.kwargs."""
+  is_lora = finetune_cfg is not None and finetune_cfg.method != "full"
   if fm_presets.is_foundation(fm_cfg):
+    if is_lora:
+      return lora.build(fm_cfg, finetune_cfg, num_classes, model_cfg.dtype)
     return foundation.build(fm_cfg, num_classes, model_cfg.dtype)
+  if is_lora:
+    raise ValueError(f"config.finetune.method={finetune_cfg.method!r} adapts a foundation model; "
+                     "set config.fm.preset (configs/fm.py:<preset>,finetune) or use method='full'")
   return build(model_cfg.name, num_classes, dtype=dtypes.compute_dtype(model_cfg.dtype),
                **model_cfg.kwargs)
 
 
 def with_pretrained(fm_cfg, model, state, mesh):
   """A freshly initialised state with its pretrained part loaded (FMs); others unchanged."""
-  if not fm_presets.is_foundation(fm_cfg):
-    return state
+  if not fm_presets.is_foundation(fm_cfg) or lora.is_lora(model):
+    return state  # LoRA: the base came with the state, the adapters start at B = 0
   return foundation.with_pretrained(fm_cfg, model, state, mesh)

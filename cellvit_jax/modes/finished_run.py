@@ -33,6 +33,7 @@ from cellvit_jax import models, parallel
 from cellvit_jax.data import datasets, flaglimit
 from cellvit_jax.engine import steps
 from cellvit_jax.engine import state as state_lib
+from cellvit_jax.models.fm import lora
 from cellvit_jax.modes import probe_head
 from cellvit_jax.ops import normalize
 from cellvit_jax.ops import resize as resize_ops
@@ -126,7 +127,8 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
   mesh = mesh if mesh is not None else parallel.make_mesh()
 
   dataset = datasets.open_configured(config.dataset, log=lambda *a: None)
-  model = models.from_config(config.model, config.get("fm"), dataset.num_classes)
+  model = models.from_config(config.model, config.get("fm"), dataset.num_classes,
+                             None if is_probe else config.get("finetune"))
   fm = dict(input_size=getattr(model, "input_size", 0),
             resize_method=getattr(model, "resize_method", "bilinear"))
   if is_probe:
@@ -151,5 +153,7 @@ def load_run(workdir: str, *, data_dir: Optional[str] = None, allow_unfinished: 
     state = ckpt.restore(abstract, None, step=step)
   finally:
     ckpt.close()
+  if lora.is_lora(model):  # served as the plain FM with merged weights W + (alpha / r) A B
+    model, state = lora.merged_model_state(model, state, mesh)
   return Run(workdir=workdir, config=config, dataset=dataset, model=model, state=state,
              step=int(step), total_steps=total, mesh=mesh, **fm)

@@ -80,7 +80,7 @@ def resolved(config):
 def check_config(config, mesh):
   """Cheap checks of everything a run needs, before any file is written or data built."""
   # FMs: also reads the weights directory's config and headers.
-  models.from_config(config.model, config.get("fm"), 2)
+  models.from_config(config.model, config.get("fm"), 2, config.get("finetune"))
   flaglimit.select([0], config.dataset.flaglimit, config.seed)  # type and range of FlagLimit
   steps.check_augment(config.augment)
   optimizer.check_optim(config.optim)
@@ -111,7 +111,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 range(len(dataset.labels(config.dataset.eval_split))))
 
   # Model, optimiser and state.
-  model = models.from_config(config.model, config.get("fm"), dataset.num_classes)
+  model = models.from_config(config.model, config.get("fm"), dataset.num_classes,
+                             config.get("finetune"))
   plan = state_lib.plan(model, config.optim, config.train, len(subset))
   total, steps_per_epoch, schedule = plan.total_steps, plan.steps_per_epoch, plan.schedule
   rng = jax.random.key(config.seed)

@@ -7,6 +7,7 @@ renames it when complete, so a checkpoint interrupted mid-write never becomes th
 import os
 from typing import Optional
 
+import numpy as np
 import orbax.checkpoint as ocp
 import grain
 
@@ -25,6 +26,15 @@ def _write_error(directory, step, e):
       "complete checkpoints are kept and a rerun resumes from the latest of them.")
 
 
+class BaseWeightsMismatch(ValueError):
+  """A checkpoint's adapters were trained on other frozen base weights than the target's."""
+
+
+def _without_frozen(state):
+  # A frozen base (LoRA, models/fm/lora.py) comes from the FM's weights, not the checkpoint.
+  return state.replace(frozen={}) if hasattr(state, "frozen") else state
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
@@ -38,7 +48,8 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_iterator, config_dict: dict, force: bool = False):
-    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_dict)}
+    args = {"state": ocp.args.StandardSave(_without_frozen(state)),
+            "config": ocp.args.JsonSave(config_dict)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
@@ -50,11 +61,19 @@ class Checkpointer:
     """Restores the state (shaped and sharded like `abstract_state`) and, in place, the
     iterator; returns the state."""
     step = self.latest_step() if step is None else step
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    args = {"state": ocp.args.StandardRestore(_without_frozen(abstract_state))}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"]
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    if not hasattr(abstract_state, "frozen"):
+      return restored
+    expected = np.asarray(abstract_state.base_fingerprint)
+    if not np.array_equal(np.asarray(restored.base_fingerprint), expected):
+      raise BaseWeightsMismatch(
+          f"the checkpoint of step {step} in {self.directory} holds LoRA adapters trained on "
+          "other base weights than config.fm.weights holds now (their sha256 differs); point "
+          "config.fm.weights at the weights the run was trained with, or start a new --workdir")
+    return restored.replace(frozen=abstract_state.frozen)
 
   def wait(self):
     try:

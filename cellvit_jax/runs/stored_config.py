@@ -28,7 +28,9 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0,
               "optim.ema_decay": 0.0, "compile_cache_dir": "auto",
               "probe.method": "logistic", "probe.knn_k_grid": [1, 5, 10, 20, 50],
-              "probe.shots": 0, "probe.episodes": 10, "probe.run": ""}
+              "probe.shots": 0, "probe.episodes": 10, "probe.run": "",
+              "finetune.method": "full", "finetune.lora_rank": 8, "finetune.lora_alpha": 16.0,
+              "finetune.lora_targets": "all"}
 
 # The same for one model's config.model.kwargs (a switch added to its architecture later).
 ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True, "stem_blocks": 0,
