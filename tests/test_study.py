@@ -247,3 +247,27 @@ def test_sigkill_after_first_cell_then_rerun_recomputes_nothing(tiny_data_dir, t
   assert "1 already finished" in out.stdout or "2 already finished" in out.stdout
   assert _snapshot(cells[0].workdir(str(study_dir))) == before
   assert all(study.is_done(c, str(study_dir)) for c in cells)
+
+
+def test_sigterm_during_a_cell_stops_the_study_after_that_cell(tiny_data_dir, tmp_path):
+  """A preempted VM's SIGTERM reaches the cell's training (which saves and returns, as in
+  train.py); the study must then stop, not start the next cell."""
+  import signal
+
+  from cellvit_jax.engine import preemption
+
+  started = []
+
+  def train_receiving_sigterm(cell_config, workdir):
+    started.append(workdir)
+    with preemption.PreemptionWatch() as watch:  # what train_and_evaluate holds while training
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert watch.requested
+    return {"finished": False}  # stopped early: no results.json
+
+  before = signal.getsignal(signal.SIGTERM)
+  summary = study.run_mode(tiny_study_config(tiny_data_dir), str(tmp_path / "s"),
+                           modes={"train": train_receiving_sigterm})
+  assert len(started) == 1 and summary["unfinished"] == [0] and summary["finished"] == []
+  assert summary.get("stopped_by_sigterm") and summary["remaining"] == 4
+  assert signal.getsignal(signal.SIGTERM) == before  # the study's handler is gone again

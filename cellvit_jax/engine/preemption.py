@@ -3,6 +3,9 @@
 Single process: a signal handler sets a flag the loop polls. Several processes: every
 process must stop at the same step, so the decision goes through JAX's preemption sync
 point (the distributed runtime's agreement on a step), which sees SIGTERM on any host.
+
+Watches nest: a watch that caught SIGTERM passes it on, when it exits, to the handler it
+replaced, so a study around a cell's training hears it too and starts no further cell.
 """
 import signal
 import threading
@@ -27,6 +30,8 @@ class PreemptionWatch:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      if self.requested and callable(self._previous):
+        self._previous(signal.SIGTERM, None)
     return False
 
   def should_stop(self, step: int) -> bool:

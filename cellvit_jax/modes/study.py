@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from cellvit_jax import atomic_files, parallel
+from cellvit_jax.engine import preemption
 from cellvit_jax.experiments import cost
 from cellvit_jax.modes import blur_study, finished_run, probe, robustness, study_grid, train
 from cellvit_jax.runs import lock as workdir_lock
@@ -228,16 +229,25 @@ def run_mode(config, workdir: str = "", modes=None) -> dict:
   done = process0_decides([is_done(c, study_dir) for c in my_cells])
   summary = {"study_dir": study_dir, "cells": len(my_cells), "skipped": [], "finished": [],
              "unfinished": []}
-  for cell, finished in zip(my_cells, done):
-    if finished:
-      summary["skipped"].append(cell.index)
-      continue
-    if study.max_cells and len(summary["finished"]) + len(summary["unfinished"]) >= study.max_cells:
-      break
-    ok = run_cell(cell, config, study_dir, modes)
-    summary["finished" if ok else "unfinished"].append(cell.index)
-    if ok and study.cost.enabled:
-      ensure_cost(cell.row, study_dir, study)
+  with preemption.PreemptionWatch() as watch:
+    for cell, finished in zip(my_cells, done):
+      if finished:
+        summary["skipped"].append(cell.index)
+        continue
+      if study.max_cells and (len(summary["finished"]) + len(summary["unfinished"])
+                              >= study.max_cells):
+        break
+      ok = run_cell(cell, config, study_dir, modes)
+      summary["finished" if ok else "unfinished"].append(cell.index)
+      if ok and study.cost.enabled:
+        ensure_cost(cell.row, study_dir, study)
+      # A preempted VM or a batch queue's SIGTERM: stop here rather than start the next cell
+      # (the cell's training saved at its next step and returned).
+      if process0_decides([watch.requested])[0]:
+        logging.info("SIGTERM: the study stops after cell %d; rerun the same command to "
+                     "continue.", cell.index)
+        summary["stopped_by_sigterm"] = True
+        break
   left = len(my_cells) - len(summary["skipped"]) - len(summary["finished"])
   summary["remaining"] = left
   if jax.process_index() == 0:
