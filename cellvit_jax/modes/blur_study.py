@@ -176,12 +176,19 @@ def plot(result: dict, path: str):
     ax.plot([r["sigma"] for r in pre], [r["accuracy"] for r in pre], "o-",
             label=f"blur at {n} px (input {n}x{n}: pre = post)")
   ax.set_xlabel(f"Gaussian sigma (pixels of the {n}x{n} patch)")
+  save_accuracy_plot(fig, ax, result, path, legend_size=8)
+
+
+def save_accuracy_plot(fig, ax, result: dict, path: str, legend_size: int):
+  """The accuracy axis, title and legend of a robustness plot (blur or the suite), then the
+  PNG written atomically."""
+  import matplotlib.pyplot as plt
   ax.set_ylabel(f"{result['split']} accuracy")
   ax.set_ylim(0, 1.02)
   ax.grid(alpha=0.3)
   ax.set_title(f"{result['model']} on {result['dataset']} ({result['num_examples']} patches)",
                fontsize=9)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=legend_size)
   fig.tight_layout()
   try:
     with atomic_files.atomic_path(path) as tmp:

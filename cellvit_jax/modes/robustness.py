@@ -29,7 +29,7 @@ from absl import logging
 from cellvit_jax import atomic_files, parallel
 from cellvit_jax.data import pipeline
 from cellvit_jax.engine import evaluation
-from cellvit_jax.modes import finished_run
+from cellvit_jax.modes import blur_study, finished_run
 from cellvit_jax.ops import normalize, perturb
 
 # Severity grids (our choice; ordered mildest first): what each number means is in UNITS.
@@ -209,18 +209,7 @@ def plot(result: dict, path: str):
     ax.plot([0] + [r["level"] for r in rows], [clean] + [r["accuracy"] for r in rows], "o-",
             label=f"{name} ({sev})")
   ax.set_xlabel("severity level (0 = unperturbed)")
-  ax.set_ylabel(f"{result['split']} accuracy")
-  ax.set_ylim(0, 1.02)
-  ax.grid(alpha=0.3)
-  ax.set_title(f"{result['model']} on {result['dataset']} ({result['num_examples']} patches)",
-               fontsize=9)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  try:
-    with atomic_files.atomic_path(path) as tmp:
-      fig.savefig(tmp, format="png")
-  finally:
-    plt.close(fig)
+  blur_study.save_accuracy_plot(fig, ax, result, path, legend_size=7)
 
 
 def table(result: dict) -> str:
