@@ -13,7 +13,11 @@ run git -C "${repo}" archive --format=tar.gz --prefix="${REMOTE_DIR}/" -o "${tar
 run gcloud compute tpus tpu-vm scp "${tarball}" "${TPU_NAME}:cellvit_jax.tar.gz" --worker=all \
   --project="${PROJECT}" --zone="${ZONE}"
 
-jax_version="$(sed -n 's/.*"jax==\([0-9.]*\)".*/\1/p' "${repo}/setup.py")"
+jax_version="$(sed -n 's/^JAX_VERSION = "\([0-9.]*\)".*/\1/p' "${repo}/setup.py")"
+if [[ -z "${jax_version}" ]]; then
+  echo "error: no JAX_VERSION = \"x.y.z\" line in ${repo}/setup.py; the TPU VM must get the jax version the package pins" >&2
+  exit 2
+fi
 bucket_path="${BUCKET#gs://}"
 bucket_name="${bucket_path%%/*}"
 only_dir=""

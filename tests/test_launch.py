@@ -21,6 +21,15 @@ SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")))
 ENV = {**os.environ, "PYTHONPATH": REPO}
 
 
+def _pinned_jax():
+  """setup.py's JAX_VERSION, read here as independently of the script's sed as a test can."""
+  with open(os.path.join(REPO, "setup.py")) as f:
+    for line in f:
+      if line.startswith("JAX_VERSION"):
+        return line.split("=", 1)[1].strip().strip('"')
+  pytest.fail("setup.py has no JAX_VERSION line")
+
+
 def _shellcheck():
   found = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
   if not os.path.isfile(found):
@@ -54,7 +63,7 @@ def test_tpu_scripts_dry_run_print_the_gcloud_commands():
                          "--zone=z1", "--accelerator-type=v4-32",
                          "--version=tpu-ubuntu2204-base", "--spot"]
   out = _dry("tpu_install.sh", **env)
-  assert "tpu-vm scp" in out and "--worker=all" in out and "jax[tpu]==0.10.2" in out
+  assert "tpu-vm scp" in out and "--worker=all" in out and f"jax[tpu]=={_pinned_jax()}" in out
   assert "--only-dir=x b /mnt/m" in out
   out = _dry("tpu_run.sh", "--config=configs/study.py", "--workdir=study", **env)
   assert "--worker=all" in out and "CELLVIT_DISTRIBUTED=1" in out

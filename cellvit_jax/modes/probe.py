@@ -111,9 +111,11 @@ def check_probe(config) -> dict:
           "k_grid": k_grid, "run": str(p.run)}
 
 
-def check_config(config, mesh, settings):
+def check_config(config, mesh, settings=None):
   """Everything checkable before a file is written or data is built: (FM model or None,
-  finished run or None, L2 grid)."""
+  finished run or None, L2 grid). `settings`: check_probe's, computed here when not given
+  (a study checks each row this way)."""
+  settings = settings or check_probe(config)
   model = run = None
   if settings["run"]:
     run = finished_run.load_run(settings["run"], mesh=mesh)  # names the workdir if it is none
