@@ -38,6 +38,7 @@ def define_flags():
 
 def config_for(data_dir, steps, batch):
   from cellvit_jax.config import defaults as config_defaults
+  from cellvit_jax.config import files as config_files
   config = config_defaults.get_config()
   overrides = {
       "dataset.name": "synthetic_cells_loopstep", "dataset.data_dir": data_dir,
@@ -48,13 +49,7 @@ def config_for(data_dir, steps, batch):
       "train.eval_every_epochs": 1e6, "train.checkpoint_every_epochs": 1e6,
       "train.progress_bar": False,
   }
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return config_files.set_dotted(config, overrides)
 
 
 def bare_step_images_per_sec(config, steps):

@@ -71,18 +71,37 @@ def tiny_overrides(data_dir, **extra):
 
 
 def apply_overrides(config, overrides):
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  from cellvit_jax.config import files as config_files
+  return config_files.set_dotted(config, overrides)
 
 
 def tiny_config(data_dir, **extra):
   from cellvit_jax.config import defaults as config_defaults
   return apply_overrides(config_defaults.get_config(), tiny_overrides(data_dir, **extra))
+
+
+def step_programs(model, mesh):
+  """The tiny config, its optimiser, and `model`'s pure and jitted train steps (10 steps,
+  2 of warm-up): what the step-runner tests feed."""
+  from cellvit_jax.engine import optimizer, steps
+  config = tiny_config("unused")
+  tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
+  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
+  jitted, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
+                               config.normalize)
+  return tx, pure, jitted
+
+
+def study_config(config_file, run_dir, **fields):
+  """configs/<config_file> (a study of a finished run: blur, robustness) pointed at `run_dir`,
+  with `fields` set on its own section (the section is named as the file)."""
+  from cellvit_jax.config import files as config_files
+  config = config_files.load(os.path.join(REPO, "configs", config_file))
+  section = config[os.path.splitext(config_file)[0]]
+  section.run = run_dir
+  for k, v in fields.items():
+    section[k] = v
+  return config
 
 
 def as_flags(overrides):

@@ -15,17 +15,13 @@ from cellvit_jax.config import files as config_files
 from cellvit_jax.engine import steps
 from cellvit_jax.modes import blur_study, finished_run, train
 from cellvit_jax.ops import augment, blur
-from conftest import REPO, apply_overrides, tiny_config, tiny_overrides
+from conftest import REPO, apply_overrides, study_config, tiny_config, tiny_overrides
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _blur_config(run_dir, **blur):
-  config = config_files.load(os.path.join(REPO, "configs", "blur.py"))
-  config.blur.run = run_dir
-  for k, v in blur.items():
-    config.blur[k] = v
-  return config
+def _blur_config(run_dir, **fields):
+  return study_config("blur.py", run_dir, **fields)
 
 
 @pytest.fixture(scope="module")

@@ -29,3 +29,17 @@ def test_derived_configs_load_from_any_working_directory(tmp_path, monkeypatch):
   example = config_files.load(os.path.join(REPO, "configs", "study_example.py"))
   assert example.mode == "study" and sorted(example.study.models) == ["customvit", "resnet18_w16"]
   assert config_files.load(os.path.join(REPO, "configs", "fm.py:uni,probe")).mode == "probe"
+
+
+def test_set_dotted_sets_the_field_each_dotted_key_names_and_nothing_else():
+  from cellvit_jax.config import defaults
+  config = defaults.get_config()
+  before = config.to_dict()
+  config_files.set_dotted(config, {"train.epochs": 3.5, "dataset.synthetic.seed": 7})
+  after = config.to_dict()
+  assert after["train"]["epochs"] == 3.5 and after["dataset"]["synthetic"]["seed"] == 7
+  after["train"]["epochs"] = before["train"]["epochs"]
+  after["dataset"]["synthetic"]["seed"] = before["dataset"]["synthetic"]["seed"]
+  assert after == before
+  with pytest.raises(KeyError):
+    config_files.set_dotted(config, {"no_such_section.epochs": 1})

@@ -6,7 +6,6 @@ mode=predict."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -228,20 +227,14 @@ def _cmd(data_dir, weights, workdir):
 @pytest.mark.slow
 def test_lora_sigkill_mid_run_then_resume_equals_uninterrupted_run(tiny_data_dir, weights,
                                                                    tmp_path):
-  from test_reliability import _steps_logged, _train_records, _wait_for
+  from test_reliability import _train_records, sigkill_mid_run
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
   env = {**os.environ, "PYTHONPATH": REPO}
   subprocess.run(_cmd(tiny_data_dir, weights["phikon"], ref), cwd=REPO, check=True,
                  capture_output=True, timeout=600, env=env)
-  proc = subprocess.Popen(_cmd(tiny_data_dir, weights["phikon"], killed), cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   # 8 steps per epoch (flaglimit 32 x 4 classes / batch 16): killed mid-epoch 2 or 3.
-  _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "8"))
-            and _steps_logged(killed) >= 10, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert checkpoint.Checkpointer(killed).latest_step() in (8, 16)
-  assert not os.path.exists(os.path.join(killed, "results.json"))
+  sigkill_mid_run(_cmd(tiny_data_dir, weights["phikon"], killed), killed, checkpoint_step=8,
+                  steps=10, env=env)
   subprocess.run(_cmd(tiny_data_dir, weights["phikon"], killed), cwd=REPO, check=True,
                  capture_output=True, timeout=600, env=env)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]

@@ -13,7 +13,7 @@ from cellvit_jax.data import on_device, pipeline
 from cellvit_jax.engine import multistep
 from cellvit_jax.models import dtypes
 from cellvit_jax.modes import train
-from conftest import REPO, tiny_config
+from conftest import REPO, step_programs, tiny_config
 
 
 class _Records:
@@ -171,14 +171,10 @@ def dispatch_runs(model, feeds, batch):
   (k, 'host' | 'device') in `feeds`, each from the same initial state: per feed the losses and
   the final parameters and batch statistics. Also run by TWO_DEVICES on a 2-device mesh."""
   import jax
-  from cellvit_jax.engine import optimizer, steps
+  from cellvit_jax.engine import steps
   from cellvit_jax import parallel
-  config = tiny_config("unused")
   mesh = parallel.make_mesh()
-  tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
-  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
-  jitted, _ = steps.make_steps(model, schedule, mesh, config.optim, config.augment,
-                               config.normalize)
+  tx, pure, jitted = step_programs(model, mesh)
   rng = np.random.default_rng(0)
   images, labels = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 50)
   index = [rng.integers(0, 50, batch).astype(np.int32) for _ in range(3)]
@@ -216,7 +212,7 @@ TWO_DEVICES = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from cellvit_jax import models
-    from test_dispatch import dispatch_runs
+    from test_multistep import dispatch_runs
     assert jax.device_count() == 2
     out = dispatch_runs(models.build("resnet18", 4, width=8),
                         [(1, "host"), (3, "device"), (1, "device")], batch=16)

@@ -48,6 +48,20 @@ def _steps_logged(workdir):
     return sum(1 for line in f if '"train"' in line)
 
 
+def sigkill_mid_run(cmd, workdir, checkpoint_step, steps, env=None):
+  """Starts `cmd` training into `workdir` and SIGKILLs it once checkpoint `checkpoint_step`
+  (written asynchronously) is final and `steps` train steps are logged; the run must have left
+  that checkpoint or the next one, and no results."""
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(checkpoint_step)))
+            and _steps_logged(workdir) >= steps, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert checkpoint.Checkpointer(workdir).latest_step() in (checkpoint_step, 2 * checkpoint_step)
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
 # k = 4 (several steps per dispatch) takes minutes: out of the default command, run with -m slow.
 @pytest.mark.parametrize("per_dispatch", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, tmp_path,
@@ -58,15 +72,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_data_dir, t
   subprocess.run(_cmd(tiny_data_dir, ref, **extra), cwd=REPO, check=True, capture_output=True,
                  timeout=600)
 
-  proc = subprocess.Popen(_cmd(tiny_data_dir, killed, **extra), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  # Once the first checkpoint (step 16, written asynchronously) is final, mid-epoch 2 or 3.
-  _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "16"))
-            and _steps_logged(killed) >= 18, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert checkpoint.Checkpointer(killed).latest_step() in (16, 32)
-  assert not os.path.exists(os.path.join(killed, "results.json"))
+  # 16 steps per epoch: killed mid-epoch 2 or 3.
+  sigkill_mid_run(_cmd(tiny_data_dir, killed, **extra), killed, checkpoint_step=16, steps=18)
   subprocess.run(_cmd(tiny_data_dir, killed, **extra), cwd=REPO, check=True,
                  capture_output=True, timeout=600)
 

@@ -10,20 +10,15 @@ from PIL import Image
 from skimage import transform
 
 from cellvit_jax import main
-from cellvit_jax.config import files as config_files
 from cellvit_jax.data import pipeline
 from cellvit_jax.modes import finished_run, robustness, train
-from conftest import REPO, tiny_config
+from conftest import study_config, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _config(run_dir, **section):
-  config = config_files.load(os.path.join(REPO, "configs", "robustness.py"))
-  config.robustness.run = run_dir
-  for k, v in section.items():
-    config.robustness[k] = v
-  return config
+def _config(run_dir, **fields):
+  return study_config("robustness.py", run_dir, **fields)
 
 
 @pytest.fixture(scope="module")

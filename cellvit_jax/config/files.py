@@ -33,3 +33,15 @@ def load(spec: str, base_dir: str = ""):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def set_dotted(config, overrides: dict):
+  """Sets each `{"section.field": value}` of `overrides` on `config` (the `--config.x=y` form
+  of main, for code that builds configs: benchmarks, tests, notebooks); returns `config`."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config

@@ -118,17 +118,24 @@ def _summarise(sigmas, results, scale, truncate):
   return {"per_sigma": rows, "auc_relative_accuracy": auc}
 
 
+def resolve_split(run, split: str, batch_size: int, batch_size_flag: str):
+  """The split to evaluate (default: the run's test split), the checked eval batch size
+  (default: the run's) and the split's labels; an empty split is an error."""
+  split = split or run.config.dataset.test_split
+  batch_size = batch_size or run.config.train.eval_batch_size
+  parallel.check_batch_size(batch_size, run.mesh, batch_size_flag)
+  labels = run.dataset.labels(split)
+  if len(labels) == 0:
+    raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
+  return split, batch_size, labels
+
+
 def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
           truncate: float = 3.0, boundary: str = "reflect") -> dict:
   """Evaluates `run` (a finished_run.Run) on `split` over the sigma grid; returns blur.json's
   dict."""
   sigmas = check_sigmas(sigmas)
-  split = split or run.config.dataset.test_split
-  batch_size = batch_size or run.config.train.eval_batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "config.blur.batch_size")
-  labels = run.dataset.labels(split)
-  if len(labels) == 0:
-    raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
+  split, batch_size, labels = resolve_split(run, split, batch_size, "config.blur.batch_size")
   images, labels = pipeline.load_arrays(run.dataset.source(split), range(len(labels)))
   kw = dict(batch_size=batch_size, truncate=truncate, boundary=boundary)
   same = run.input_size == run.native_size
