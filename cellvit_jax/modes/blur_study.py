@@ -28,6 +28,7 @@ from cellvit_jax.data import pipeline
 from cellvit_jax.engine import evaluation
 from cellvit_jax.modes import finished_run
 from cellvit_jax.ops import blur, normalize
+from cellvit_jax.runs import sealed_test
 
 DEFAULT_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 POSITIONS = ("pre_resize", "post_resize")
@@ -123,7 +124,8 @@ def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
   """Evaluates `run` (a finished_run.Run) on `split` over the sigma grid; returns blur.json's
   dict."""
   sigmas = check_sigmas(sigmas)
-  split = split or run.config.dataset.test_split
+  # A final run's test split by default; a screening run's val (its test stays sealed).
+  split = sealed_test.split_of_finished_run(run.config, split, "blur")
   batch_size = batch_size or run.config.train.eval_batch_size
   parallel.check_batch_size(batch_size, run.mesh, "config.blur.batch_size")
   labels = run.dataset.labels(split)
@@ -138,6 +140,7 @@ def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
       "model": run.config.model.name,
       "dataset": run.dataset.name,
       "split": split,
+      **sealed_test.read_fields(split == run.config.dataset.test_split),
       "num_examples": int(len(labels)),
       "step": run.step,
       "native_size": n,
