@@ -211,3 +211,13 @@ def test_export_rows_refuses_test_of_a_screening_run(tmp_path):
   final = _results_dir(tmp_path, "final", evaluate_test=True, test_read=True)
   row = export_rows.row(final, "v", "base30", with_test=True)
   assert row["test"] == {"accuracy": 0.5} and row["test_read"] is True and row["test_read_at"]
+
+
+def test_results_table_names_a_screening_run_and_tabulates_it_on_val(tmp_path):
+  from cellvit_jax.experiments import results_table
+  screen = os.path.join(_results_dir(tmp_path, "screen", evaluate_test=False, test_read=False),
+                        "results.json")
+  with pytest.raises(ValueError, match="a screening run .* pass --mean"):
+    results_table.read_records([screen])
+  (record,) = results_table.read_records([screen], results_table.REQUIRED_MEAN)
+  assert "| 0.6000 | - |" in results_table.mean_markdown([record])
