@@ -119,18 +119,24 @@ def _summarise(sigmas, results, scale, truncate):
   return {"per_sigma": rows, "auc_relative_accuracy": auc}
 
 
+def evaluated_split(run, split: str, batch_size: int, tool: str):
+  """(split, batch size, its labels) a tool evaluating a finished run (config.<tool>) reads: a
+  final run's test split by default, a screening run's val (its test stays sealed)."""
+  split = sealed_test.split_of_finished_run(run.config, split, tool)
+  batch_size = batch_size or run.config.train.eval_batch_size
+  parallel.check_batch_size(batch_size, run.mesh, f"config.{tool}.batch_size")
+  labels = run.dataset.labels(split)
+  if len(labels) == 0:
+    raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
+  return split, batch_size, labels
+
+
 def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
           truncate: float = 3.0, boundary: str = "reflect") -> dict:
   """Evaluates `run` (a finished_run.Run) on `split` over the sigma grid; returns blur.json's
   dict."""
   sigmas = check_sigmas(sigmas)
-  # A final run's test split by default; a screening run's val (its test stays sealed).
-  split = sealed_test.split_of_finished_run(run.config, split, "blur")
-  batch_size = batch_size or run.config.train.eval_batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "config.blur.batch_size")
-  labels = run.dataset.labels(split)
-  if len(labels) == 0:
-    raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
+  split, batch_size, labels = evaluated_split(run, split, batch_size, "blur")
   images, labels = pipeline.load_arrays(run.dataset.source(split), range(len(labels)))
   kw = dict(batch_size=batch_size, truncate=truncate, boundary=boundary)
   same = run.input_size == run.native_size

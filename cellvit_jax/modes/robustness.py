@@ -141,13 +141,7 @@ def study(run, grids: dict, *, seed: int = 0, split: str = "", batch_size: int =
           num_examples: int = 0) -> dict:
   """Evaluates `run` on `split` (or its stratified subset of `num_examples`), clean and under
   every perturbation x severity."""
-  # A final run's test split by default; a screening run's val (its test stays sealed).
-  split = sealed_test.split_of_finished_run(run.config, split, "robustness")
-  batch_size = batch_size or run.config.train.eval_batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "config.robustness.batch_size")
-  labels = run.dataset.labels(split)
-  if len(labels) == 0:
-    raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
+  split, batch_size, labels = blur_study.evaluated_split(run, split, batch_size, "robustness")
   split_size = len(labels)
   images, labels = pipeline.load_arrays(run.dataset.source(split),
                                         subset(labels, num_examples, seed))
