@@ -15,7 +15,7 @@ def get_config():
   config.blur = ml_collections.ConfigDict(dict(
       run="",                                   # workdir of a finished training run (required)
       sigmas=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),    # Gaussian sigma in pixels of the 40x40 patch
-      split="",                                 # "" -> the run's config.dataset.test_split
+      split="",                                 # "" -> test; a screening run's val
       batch_size=0,                             # 0 -> the run's config.train.eval_batch_size
       truncate=3.0,                             # kernel radius int(truncate * sigma + 0.5)
       boundary="reflect",                       # scipy.ndimage mode name (edge pixel repeated)

@@ -31,6 +31,9 @@ def get_config(arg: str = "phikon,probe"):
   config.mode = mode
   config.model.name = preset          # results and the default workdir carry the preset's name
   config.fm.preset = preset
+  # A probe chooses its L2 / k on val itself, and the fine-tuning recipe is fixed: these runs
+  # are comparison rows and read test once. Screening an FM setting: --config.evaluate_test=false.
+  config.evaluate_test = True
   if mode == "finetune":
     # Our fine-tuning recipe (the paper's is not public): a small peak lr with warm-up and
     # layer-wise decay, the usual BEiT/MAE-style ViT recipe; the data scale sets the rest.

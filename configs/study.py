@@ -59,6 +59,10 @@ def get_config(arg: str = ""):
       "dataset": {"name": "synthetic_cells", "data_dir": ""},
       "train": {"progress_bar": False, "epochs": 15.0},
   })
+  # False: the grid's runs are final rows (each reads test once; the report tabulates test).
+  # True: a screening study, every cell sealed (config.evaluate_test=False), its blur and
+  # robustness on val, its report on val.
+  study.screening = False
   study.parallel = "data"                  # "data" | "cells" (see modes/study.py)
   study.worker = ""                        # "k/n" for parallel="cells"; "" -> $CELLVIT_WORKER
   study.max_cells = 0                      # stop after this many cells in this invocation (0: all)

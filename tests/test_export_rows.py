@@ -11,6 +11,7 @@ from cellvit_jax.experiments import export_rows
 def _run(tmp_path, name="run", seed=0):
   config = config_defaults.get_config()
   config.model.kwargs.update(dict(dim=16, depth=1, num_heads=2))
+  config.evaluate_test = True  # a final run, whose test --with_test may export
   record = {"finished": True, "model": "customvit", "dataset": "d", "flaglimit": 8, "seed": seed,
             "train_examples": 16, "train_counts": {"a": 8, "b": 8}, "num_params": 123,
             "devices": 1, "platform": "cpu", "test": {"accuracy": 0.5}, "val": {"accuracy": 0.6},

@@ -47,3 +47,8 @@ def test_ablation_notebook_executes_with_tiny_parameters(tiny_data_dir, tmp_path
   with open(tmp_path / "runs" / "SPT_plus_LSA" / "config.json") as f:
     stored = json.load(f)
   assert stored["optim"]["lr"] == 7e-4 and stored["model"]["kwargs"]["lsa"] is True
+  # The variants are screening runs: test sealed (the base config alone would read it).
+  assert stored["evaluate_test"] is False
+  with open(tmp_path / "runs" / "SPT_plus_LSA" / "results.json") as f:
+    results = json.load(f)
+  assert results["test_read"] is False and "test" not in results

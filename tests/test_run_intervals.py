@@ -9,7 +9,7 @@ import pytest
 
 from cellvit_jax import bootstrap, metrics
 from cellvit_jax.data import pipeline
-from cellvit_jax.experiments import results_table
+from cellvit_jax.experiments import cost, results_table
 from cellvit_jax.modes import finished_run
 from cellvit_jax.runs import record, test_predictions
 
@@ -90,12 +90,26 @@ def test_tables_show_intervals_where_present():
   assert "| 0.8500 +- 0.0707 | 0.8500 +- 0.0707 |" in seeds  # over seeds: mean +- std only
 
 
-@pytest.mark.parametrize("doc, args", [
+# Generated tables of the docs and the results_table arguments that regenerate each.
+DOC_TABLES = [
     ("docs/customvit.md:ihc", ["--mean", "docs/results/ihc_demo_cpu.jsonl"]),
     ("docs/customvit.md:screening", ["--mean", "docs/results/customvit_design.jsonl"]),
     ("docs/customvit.md:final", ["--mean", "docs/results/customvit_fl1024_cpu.jsonl"]),
     ("docs/models.md:accuracy", ["docs/results/models_fl1024_h100.jsonl"]),
-])
+    ("docs/customvit.md:comparison", [
+        "--mean", "--cost=docs/results/cost_cpu.json",
+        "--only=densenet121,resnet18,resnet50,efficientnet_b0,convnext_tiny,vit_small,swin_tiny,"
+        "customvit,customvit_patch4,customvit_hybrid,customvit_lr2e-3,customvit_hybrid_lr2e-3",
+        "docs/results/models_fl1024_h100.jsonl", "docs/results/customvit_fl1024_cpu.jsonl"]),
+]
+# Checked by their own tests below.
+OTHER_CHECKED = {"docs/customvit.md:ihc paired", "docs/models.md:cost"}
+# Written by a measuring script with no row under docs/results/ (docs/foundation_models.md
+# says so beside it): not regenerable from rows.
+NOT_FROM_ROWS = {"docs/foundation_models.md:fm cost"}
+
+
+@pytest.mark.parametrize("doc, args", DOC_TABLES)
 def test_committed_tables_are_generated_from_their_rows(doc, args, capsys):
   path, block = doc.split(":")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,9 +117,38 @@ def test_committed_tables_are_generated_from_their_rows(doc, args, capsys):
     text = f.read()
   start, end = f"<!-- {block} table: start -->\n", f"<!-- {block} table: end -->"
   committed = text[text.index(start) + len(start):text.index(end)]
-  assert results_table.main([os.path.join(repo, a) if a.startswith("docs/") else a
-                             for a in args]) == 0
+  assert results_table.main([os.path.join(repo, a) if a.startswith("docs/") else
+                             a.replace("=docs/", f"={repo}/docs/") for a in args]) == 0
   assert capsys.readouterr().out == committed
+
+
+def test_committed_cost_table_is_generated_from_its_rows():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "docs", "models.md")) as f:
+    text = f.read()
+  start, end = "<!-- cost table: start -->\n", "<!-- cost table: end -->"
+  committed = text[text.index(start) + len(start):text.index(end)]
+  rows_file = "docs/results/cost_cpu.json"
+  table = cost.markdown_table(cost.read_rows(os.path.join(repo, rows_file)), source=rows_file)
+  assert committed.startswith(table)
+  assert committed[len(table):].startswith(f"Made by `python -m cellvit_jax.experiments.cost "
+                                           f"--rows={rows_file}` on ")
+
+
+def test_every_generated_table_of_the_docs_is_checked():
+  """Each delimited block in README.md and docs/*.md is one that a test above regenerates."""
+  import glob
+  import re
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  found = set()
+  for path in [os.path.join(repo, "README.md")] + sorted(glob.glob(os.path.join(repo, "docs",
+                                                                                "*.md"))):
+    with open(path) as f:
+      for block in re.findall(r"<!-- (.+?) table: start -->", f.read()):
+        found.add(f"{os.path.relpath(path, repo)}:{block}")
+  checked = {doc for doc, _ in DOC_TABLES} | OTHER_CHECKED | NOT_FROM_ROWS
+  assert found == checked, (f"generated tables without a regeneration test: {found - checked}; "
+                            f"listed here but gone from the docs: {checked - found}")
 
 
 def test_implied_predictions_only_where_the_confusion_matrix_fixes_them():

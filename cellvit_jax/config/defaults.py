@@ -16,6 +16,12 @@ def get_config():
   # JAX's persistent compilation cache (compile_cache.py): "auto" = ~/.cache/cellvit_jax/
   # jax_cache (or $XDG_CACHE_HOME), a folder, or "off".
   config.compile_cache_dir = "auto"
+  # Whether the run loads and scores its test split (config.dataset.test_split). Off: the
+  # split is never read (a screening run: choices are made on val), results.json holds no
+  # test metrics and records test_read=false. On for final runs, which read test once: the
+  # README's first command (configs/customvit.py), the foundation-model configs, a study's
+  # grid (configs/study.py; its screening mode turns it off). docs/running.md, "Sealed test".
+  config.evaluate_test = False
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "synthetic_cells"

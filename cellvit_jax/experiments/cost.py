@@ -4,6 +4,8 @@
     python -m cellvit_jax.experiments.cost --configs=configs/customvit.py,configs/resnet18.py \
         --batch_sizes=1,256 --output=cost.json --markdown=cost.md
     python -m cellvit_jax.experiments.cost --update=docs/models.md  # rewrites the table there
+    python -m cellvit_jax.experiments.cost --rows=docs/results/cost_cpu.json --update=docs/models.md
+                                                   # the table of stored rows, nothing measured
 
 GFLOPs come from XLA's cost analysis of the compiled inference function (uint8 patches ->
 float -> resize to the model's input if it differs -> normalise -> model, eval mode) at
@@ -130,7 +132,9 @@ def config_cost(model_cfg, normalize_cfg, *, num_classes: int = 4,
   return row
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
+def markdown_table(rows: Sequence[dict], source: str = "") -> str:
+  """The cost table of `rows`; `source`: the file they were read from (then the table is a
+  function of that file alone, and names the host the rows were measured on)."""
   sizes = sorted({b for r in rows for b in r["images_per_sec"]}, key=int)
   head = ["model", "parameters", "input", "GFLOPs/image"] + [f"images/s @{b}" for b in sizes]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -140,7 +144,26 @@ def markdown_table(rows: Sequence[dict]) -> str:
     cells += [f"{r['images_per_sec'][b]:.0f}" if b in r["images_per_sec"] else "" for b in sizes]
     lines.append("| " + " | ".join(cells) + " |")
   device = rows[0]["device"] if rows else "?"
+  if source:
+    hosts = sorted({str(r.get("host", "?")) for r in rows})
+    return "\n".join(lines) + f"\n\nDevice: {device}, {', '.join(hosts)} (the rows of {source}).\n"
   return "\n".join(lines) + f"\n\nDevice: {device} ({jax.device_count()} device(s)).\n"
+
+
+def read_rows(path: str) -> list:
+  """Cost rows as `--output` wrote them (a JSON list), or a clear error."""
+  try:
+    with open(path) as f:
+      rows = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"--rows={path!r} is not a readable JSON file of cost rows ({e}); pass a "
+                     "file written by --output") from None
+  need = ("model", "params", "input_size", "gflops_per_image", "images_per_sec", "device")
+  if not isinstance(rows, list) or not rows or any(
+      not isinstance(r, dict) or any(k not in r for k in need) for r in rows):
+    raise ValueError(f"--rows={path!r} must be a non-empty JSON list of cost rows with keys "
+                     f"{need}, as --output writes them")
+  return rows
 
 
 MODEL_CONFIGS = ("customvit", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
@@ -181,6 +204,14 @@ def write_outputs(rows: Sequence[dict], table: str, *, program: str, output: str
 def main(argv):
   del argv
   f = flags.FLAGS
+  if f.rows:
+    try:
+      rows = read_rows(f.rows)
+    except ValueError as e:
+      raise SystemExit(f"error: {e}") from None
+    write_outputs(rows, markdown_table(rows, source=f.rows), program="cellvit_jax.experiments.cost",
+                  markdown=f.markdown, update=f.update)
+    return
   specs = f.configs or [os.path.join("configs", f"{n}.py") for n in MODEL_CONFIGS]
   rows = []
   for spec in specs:
@@ -200,6 +231,8 @@ if __name__ == "__main__":
   # Flags only when run as a program: study and fm_cost import this module, and absl flags
   # are process-wide.
   flags.DEFINE_list("configs", [], "Config files (default: the eight model configs).")
+  flags.DEFINE_string("rows", "", "Tabulate these stored cost rows (an --output file) instead "
+                      "of measuring.")
   flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes to time.")
   flags.DEFINE_float("min_seconds", 2.0, "Minimum timed seconds per batch size.")
   flags.DEFINE_string("output", "", "Write the rows as JSON here.")

@@ -8,7 +8,10 @@ it used (a short name that docs/customvit.md defines), the host CPU model (or ac
 kind) it ran on, and the model's inference GFLOPs per 40x40 image from XLA's cost analysis
 (no timing, so it is the same on any host). Lines are appended; a run already in the file
 (same workdir, tag and recipe) is refused rather than written twice. Test metrics are kept
-only with --with_test (final configurations): screening rows carry val only. The config is dropped
+only with --with_test (final configurations): screening rows carry val only, and a run whose
+config sealed its test split (config.evaluate_test=False) is refused with --with_test. The
+results' `test_read` / `test_read_at` (whether and when the run read test) go into the row. The
+config is dropped
 from the line (it stays in the run's config.json), except the model kwargs that define the
 variant.
 """
@@ -21,6 +24,7 @@ from absl import app, flags
 
 from cellvit_jax import atomic_files
 from cellvit_jax.experiments import cost
+from cellvit_jax.runs import sealed_test
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +59,12 @@ def row(run_dir: str, tag: str, recipe: str, with_test: bool = False) -> dict:
     raise ValueError(f"{path} does not exist: is {run_dir!r} a finished run's workdir?") from None
   if not record.get("finished"):
     raise ValueError(f"{path} is not a finished run")
+  if with_test and not sealed_test.record_read_test(record):
+    raise ValueError(
+        f"{run_dir} is a screening run (its config.evaluate_test is False: the test split was "
+        "never read), so it has no test metric to export. Export it without --with_test (val "
+        "only), or, for a final configuration chosen on val, train it again in a new "
+        "--workdir with --config.evaluate_test=true and export that run with --with_test")
   config = record.pop("config")
   out = {"tag": tag, "recipe": recipe, **record}
   out["model_kwargs"] = config["model"].get("kwargs", {})
@@ -63,7 +73,7 @@ def row(run_dir: str, tag: str, recipe: str, with_test: bool = False) -> dict:
   out["gflops_per_image"] = round(model_gflops(config, len(record["train_counts"])), 6)
   out["host"] = cost.host_name()
   if not with_test:  # design choices are made on val; test is reported once, for finals
-    out.pop("test")
+    out.pop("test", None)
   return out
 
 

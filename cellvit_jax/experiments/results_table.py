@@ -67,6 +67,10 @@ def read_records(paths: Sequence[str], required: Sequence[str] = REQUIRED) -> Li
       raise ValueError(f"{path} is not JSON ({e}); pass results.json files or .jsonl files of them")
     for doc in docs:
       missing = [k for k in required if k not in doc]
+      if missing == ["test"] and doc.get("test_read") is False:
+        raise ValueError(f"{path}: a screening run (config.evaluate_test=False: its test split "
+                         "was never read) has no test metrics to tabulate; pass --mean to "
+                         "compare runs on val")
       if missing:
         raise ValueError(f"{path}: a record lacks {missing}; is it a finished run's results.json?")
       records.append(doc)

@@ -35,6 +35,13 @@ def load_cells(study_dir: str) -> list[dict]:
           continue
         cell = _load(os.path.join(cell_dir, "cell.json"))
         results = _load(os.path.join(cell_dir, cell["results"]))
+        if "test" not in results:
+          raise ValueError(
+              f"{cell_dir} is a screening cell (config.evaluate_test=False: its test split was "
+              "never read), and the report tabulates test metrics. Compare screening cells on "
+              "val: python -m cellvit_jax.experiments.results_table --mean "
+              f"{os.path.join(runs, '*', '*', '*', 'results.json')}; the final study "
+              "(config.study.screening=False) reads test and reports it")
         blur = _load(os.path.join(cell_dir, cell["blur"]))
         record = {"row": cell["row"], "mode": cell["mode"], "model": results["model"],
                   "flaglimit": int(results["flaglimit"]), "seed": int(results["seed"]),

@@ -28,6 +28,7 @@ from cellvit_jax.data import pipeline
 from cellvit_jax.engine import evaluation
 from cellvit_jax.modes import finished_run
 from cellvit_jax.ops import blur, normalize
+from cellvit_jax.runs import sealed_test
 
 DEFAULT_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 POSITIONS = ("pre_resize", "post_resize")
@@ -118,12 +119,12 @@ def _summarise(sigmas, results, scale, truncate):
   return {"per_sigma": rows, "auc_relative_accuracy": auc}
 
 
-def resolve_split(run, split: str, batch_size: int, batch_size_flag: str):
-  """The split to evaluate (default: the run's test split), the checked eval batch size
-  (default: the run's) and the split's labels; an empty split is an error."""
-  split = split or run.config.dataset.test_split
+def evaluated_split(run, split: str, batch_size: int, tool: str):
+  """(split, batch size, its labels) a tool evaluating a finished run (config.<tool>) reads: a
+  final run's test split by default, a screening run's val (its test stays sealed)."""
+  split = sealed_test.split_of_finished_run(run.config, split, tool)
   batch_size = batch_size or run.config.train.eval_batch_size
-  parallel.check_batch_size(batch_size, run.mesh, batch_size_flag)
+  parallel.check_batch_size(batch_size, run.mesh, f"config.{tool}.batch_size")
   labels = run.dataset.labels(split)
   if len(labels) == 0:
     raise ValueError(f"split {split!r} of dataset {run.dataset.name!r} is empty")
@@ -135,7 +136,7 @@ def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
   """Evaluates `run` (a finished_run.Run) on `split` over the sigma grid; returns blur.json's
   dict."""
   sigmas = check_sigmas(sigmas)
-  split, batch_size, labels = resolve_split(run, split, batch_size, "config.blur.batch_size")
+  split, batch_size, labels = evaluated_split(run, split, batch_size, "blur")
   images, labels = pipeline.load_arrays(run.dataset.source(split), range(len(labels)))
   kw = dict(batch_size=batch_size, truncate=truncate, boundary=boundary)
   same = run.input_size == run.native_size
@@ -145,6 +146,7 @@ def study(run, sigmas=DEFAULT_SIGMAS, *, split: str = "", batch_size: int = 0,
       "model": run.config.model.name,
       "dataset": run.dataset.name,
       "split": split,
+      **sealed_test.read_fields(split == run.config.dataset.test_split),
       "num_examples": int(len(labels)),
       "step": run.step,
       "native_size": n,

@@ -36,6 +36,7 @@ from cellvit_jax.modes import probe_head, train
 from cellvit_jax.ops import normalize
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
+from cellvit_jax.runs import sealed_test
 from cellvit_jax.runs import test_predictions
 from cellvit_jax.runs import workdir as workdir_lib
 
@@ -116,6 +117,7 @@ def check_config(config, mesh, settings=None):
   finished run or None, L2 grid). `settings`: check_probe's, computed here when not given
   (a study checks each row this way)."""
   settings = settings or check_probe(config)
+  sealed_test.check(config)
   model = run = None
   if settings["run"]:
     run = finished_run.load_run(settings["run"], mesh=mesh)  # names the workdir if it is none
@@ -124,6 +126,12 @@ def check_config(config, mesh, settings=None):
           f"config.probe.run={settings['run']!r} was trained on dataset "
           f"{run.config.dataset.name!r}, not config.dataset.name={config.dataset.name!r}; pass "
           f"--config.dataset.name={run.config.dataset.name} (and its data_dir and FlagLimit)")
+    if config.evaluate_test and not sealed_test.run_reads_test(run.config.to_dict()):
+      raise ValueError(
+          f"config.probe.run={settings['run']!r} is a screening run (its config.evaluate_test "
+          "is False), and a probe of its features with config.evaluate_test=True would read "
+          "test of a model chosen on val only; pass --config.evaluate_test=false (val only), or "
+          "probe a final run (trained with --config.evaluate_test=true)")
     parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
   else:
     model = foundation.build(config.fm, 0, config.model.dtype)  # preset, weights, input size
@@ -142,8 +150,10 @@ def check_config(config, mesh, settings=None):
 def classify(settings, grid, max_steps, train, val, test, class_names, few_shot: bool):
   """Fits config.probe.method on `train` ((x, y)), chooses its setting on `val`; returns
   (val metrics, test metrics, the choice as results fields, logistic head or None, test
-  predictions). Full-data metrics carry 95% bootstrap intervals (bootstrap.intervals)."""
-  (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = train, val, test
+  predictions). Full-data metrics carry 95% bootstrap intervals (bootstrap.intervals).
+  `test` None (a screening run): the test metrics and predictions are None."""
+  (x_tr, y_tr), (x_val, y_val) = train, val
+  scored = {"val": (x_val, y_val)} if test is None else {"val": (x_val, y_val), "test": test}
   num_classes = len(class_names)
   method = settings["method"]
   head = None
@@ -153,21 +163,22 @@ def classify(settings, grid, max_steps, train, val, test, class_names, few_shot:
     z = lambda x: (x - mean) / std
     params, l2, scores = logistic.fit_with_validation(
         z(x_tr), y_tr, z(x_val), y_val, num_classes, grid, max_steps)
-    preds = {"val": logistic.predict(params, z(x_val)), "test": logistic.predict(params, z(x_te))}
+    predict = lambda x: logistic.predict(params, z(x))
     choice = {"l2": l2, "val_accuracy_by_l2": {str(k): v for k, v in scores.items()}}
     head = (params, mean, std)
   elif method == "knn":
     k, scores = knn.fit_with_validation(x_tr, y_tr, x_val, y_val, num_classes,
                                         settings["k_grid"])
-    preds = {role: knn.predict(x_tr, y_tr, x, num_classes, [k])[k]
-             for role, x in (("val", x_val), ("test", x_te))}
+    predict = lambda x: knn.predict(x_tr, y_tr, x, num_classes, [k])[k]
     choice = {"k": k, "val_accuracy_by_k": {str(kk): v for kk, v in scores.items()}}
   else:
     params = simpleshot.fit(x_tr, y_tr, num_classes)
-    preds = {"val": simpleshot.predict(params, x_val), "test": simpleshot.predict(params, x_te)}
+    predict = lambda x: simpleshot.predict(params, x)
     choice = {}
-  return (_scored(preds["val"], y_val, class_names, not few_shot),
-          _scored(preds["test"], y_te, class_names, not few_shot), choice, head, preds["test"])
+  preds = {role: predict(x) for role, (x, _) in scored.items()}
+  metrics_of = {role: _scored(preds[role], y, class_names, not few_shot)
+                for role, (_, y) in scored.items()}
+  return metrics_of["val"], metrics_of.get("test"), choice, head, preds.get("test")
 
 
 def _episode_means(per_episode, split, confusions, class_names):
@@ -258,7 +269,8 @@ def train_probe(config, workdir: str) -> dict:
   if shots:
     few_shot.check_shots(shots, counts, dataset.class_names)
   splits = {"train": (config.dataset.train_split, subset)}
-  for role in ("eval", "test"):
+  # A screening probe (config.evaluate_test False) never loads the test split.
+  for role in ("eval", "test") if config.evaluate_test else ("eval",):
     name = config.dataset[f"{role}_split"]
     splits[role] = (name, np.arange(len(dataset.labels(name))))
   cache = feature_cache.FeatureCache(feature_cache.directory(config.fm))
@@ -282,35 +294,38 @@ def train_probe(config, workdir: str) -> dict:
   t = time.perf_counter()
   (x_tr, y_tr) = feats["train"]
   fit = lambda train_xy, few: classify(settings, grid, config.fm.probe_max_steps, train_xy,
-                                       feats["eval"], feats["test"], dataset.class_names, few)
+                                       feats["eval"], feats.get("test"), dataset.class_names, few)
   fields = {}
   if not shots:
     val, test, choice, head, test_preds = fit((x_tr, y_tr), False)
     fields.update(choice)
   else:
-    per_episode, confusions = [], {"val": [], "test": []}
+    roles = ("val", "test") if "test" in feats else ("val",)
+    per_episode, confusions = [], {role: [] for role in roles}
     for episode in range(settings["episodes"]):
       pick = few_shot.sample(y_tr, shots, dataset.num_classes, config.seed, episode)
       val_e, test_e, choice, _, _ = fit((x_tr[pick], y_tr[pick]), True)
-      confusions["val"].append(val_e["confusion_matrix"])
-      confusions["test"].append(test_e["confusion_matrix"])
-      per_episode.append({"episode": episode, **choice, "val": val_e, "test": test_e})
-      logging.info("probe episode %d: %d-shot %s test accuracy %.4f", episode, shots, method,
-                   test_e["accuracy"])
-    val = _episode_means(per_episode, "val", confusions["val"], dataset.class_names)
-    test = _episode_means(per_episode, "test", confusions["test"], dataset.class_names)
+      scores = {"val": val_e, "test": test_e}
+      per_episode.append({"episode": episode, **choice,
+                          **{role: scores[role] for role in roles}})
+      for role in roles:
+        confusions[role].append(scores[role]["confusion_matrix"])
+      logging.info("probe episode %d: %d-shot %s %s accuracy %.4f", episode, shots, method,
+                   roles[-1], scores[roles[-1]]["accuracy"])
+    val, test = (_episode_means(per_episode, role, confusions[role], dataset.class_names)
+                 if role in roles else None for role in ("val", "test"))
     for e in per_episode:  # the per-episode record: scalars only (the sums are above)
-      for split in ("val", "test"):
-        e[split] = {m: e[split][m] for m in few_shot.SCALARS}
+      for role in roles:
+        e[role] = {m: e[role][m] for m in few_shot.SCALARS}
     fields["few_shot"] = {
         "shots": shots, "episodes": settings["episodes"],
         "interval": "95% t-interval of the mean over episodes",
-        "test": few_shot.summary(per_episode, "test"),
-        "val": few_shot.summary(per_episode, "val"),
+        **{role: few_shot.summary(per_episode, role) for role in roles},
         "per_episode": per_episode}
     counts = [shots] * dataset.num_classes
   head_seconds = time.perf_counter() - t
-  logging.info("probe (%s): test accuracy %.4f", method, test["accuracy"])
+  reported = ("test", test) if test is not None else ("val", val)
+  logging.info("probe (%s): %s accuracy %.4f", method, reported[0], reported[1]["accuracy"])
 
   if writes_head:
     # The standardisation folded into the head: logits = x @ (W / std) + (b - (mean / std) @ W).
@@ -325,11 +340,11 @@ def train_probe(config, workdir: str) -> dict:
       cache=cache_info,
       seconds={"load_weights": loaded.get("seconds", 0.0), "features": feature_seconds,
                "head": head_seconds},
-      train_images_per_sec=None)
+      train_images_per_sec=None, **sealed_test.read_fields(test is not None))
   if jax.process_index() == 0:
     if writes_head:
       probe_head.save(workdir, kernel, bias, fields["l2"])
-    if not shots:  # episodes have no single set of predictions to pair with another run
+    if not shots and test is not None:  # episodes have no single set of predictions to pair
       test_predictions.save(workdir, dataset.name, splits["test"][0], feats["test"][1],
                             test_preds, dataset.class_names)
     atomic_files.write_json(workdir, "results.json", results)
@@ -341,10 +356,11 @@ def _describe(results) -> str:
   choice = (f"L2 {results['l2']:g} chosen on val" if "l2" in results
             else f"k={results['k']} chosen on val" if "k" in results else "nearest class mean")
   if fs:
-    acc = fs["test"]["accuracy"]
+    split = "test" if "test" in fs else "val"
+    acc = fs[split]["accuracy"]
     ci = ("" if acc["low"] is None else f", 95% interval [{acc['low']:.4f}, {acc['high']:.4f}]")
     return (f"probe ({results['method']}, {fs['shots']}-shot, {fs['episodes']} episodes): "
-            f"mean test accuracy {acc['mean']:.4f}{ci}")
+            f"mean {split} accuracy {acc['mean']:.4f}{ci}")
   return f"probe ({results.get('method', 'logistic')}): {choice}"
 
 

@@ -31,6 +31,7 @@ from cellvit_jax.data import pipeline
 from cellvit_jax.engine import evaluation
 from cellvit_jax.modes import blur_study, finished_run
 from cellvit_jax.ops import normalize, perturb
+from cellvit_jax.runs import sealed_test
 
 # Severity grids (our choice; ordered mildest first): what each number means is in UNITS.
 DEFAULT_SEVERITIES = {
@@ -140,8 +141,7 @@ def study(run, grids: dict, *, seed: int = 0, split: str = "", batch_size: int =
           num_examples: int = 0) -> dict:
   """Evaluates `run` on `split` (or its stratified subset of `num_examples`), clean and under
   every perturbation x severity."""
-  split, batch_size, labels = blur_study.resolve_split(run, split, batch_size,
-                                                      "config.robustness.batch_size")
+  split, batch_size, labels = blur_study.evaluated_split(run, split, batch_size, "robustness")
   split_size = len(labels)
   images, labels = pipeline.load_arrays(run.dataset.source(split),
                                         subset(labels, num_examples, seed))
@@ -169,7 +169,8 @@ def study(run, grids: dict, *, seed: int = 0, split: str = "", batch_size: int =
   n = run.native_size
   return {
       "run": run.workdir, "model": run.config.model.name, "dataset": run.dataset.name,
-      "split": split, "num_examples": int(len(labels)), "split_size": int(split_size),
+      "split": split, **sealed_test.read_fields(split == run.config.dataset.test_split),
+      "num_examples": int(len(labels)), "split_size": int(split_size),
       "step": run.step,
       "native_size": n, "input_size": run.input_size, "seed": seed,
       "applied": f"to the native {n}x{n} uint8 patch, before the resize to the model's input",
@@ -236,7 +237,7 @@ def get_config_section(run_dir: str = "") -> ml_collections.ConfigDict:
       # test patches of synthetic_cells would take ~3 min at CustomViT's ~1000 images/s on
       # 2 CPU cores; 2048 keeps the default suite under 2 min (benchmarks/RESULTS.md).
       num_examples=2048,
-      split="",                               # "" -> the run's config.dataset.test_split
+      split="",                               # "" -> the run's test split (val of a screening run)
       batch_size=0,                           # 0 -> the run's config.train.eval_batch_size
       data_dir="",                            # "" -> the run's config.dataset.data_dir
   ))

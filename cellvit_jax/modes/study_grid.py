@@ -103,7 +103,8 @@ def cells(study) -> list[Cell]:
 
 def cell_config(cell: Cell, study):
   """The full config of one cell: the row's config file, the study-wide then the row's
-  overrides, then the cell's FlagLimit and seed (which always win).
+  overrides, then the cell's FlagLimit and seed and whether it reads test (study.screening:
+  a screening study's cells never do; a final study's always do), which always win.
 
   The row's `configs/x.py[:arg]` is read from the working directory (or is absolute), like
   main's --config."""
@@ -121,7 +122,18 @@ def cell_config(cell: Cell, study):
   apply_nested(config, row["set"], "config")
   config.dataset.flaglimit = cell.flaglimit
   config.seed = cell.seed
+  config.evaluate_test = not check_screening(study)
   return config
+
+
+def check_screening(study) -> bool:
+  """config.study.screening as a bool (absent in studies written before it: a final study)."""
+  value = study.get("screening", False)
+  if not isinstance(value, bool):
+    raise ValueError(f"config.study.screening={value!r} must be True (a screening study: val "
+                     "only, test sealed) or False (final rows, test read once); pass "
+                     "--config.study.screening=true or false")
+  return value
 
 
 def parse_worker(text: str) -> Optional[tuple[int, int]]:

@@ -6,8 +6,9 @@ training (input normalisation, weight-decay mask, layer-wise lr) comes with the 
 (models/interface.py).
 
 Reads top to bottom: data -> FlagLimit subset -> model and optimiser -> resume from the
-latest checkpoint if any -> train loop with periodic validation and checkpoints -> test
-evaluation -> results.json and a printed summary.
+latest checkpoint if any -> train loop with periodic validation and checkpoints -> final
+val and (only with config.evaluate_test: runs/sealed_test.py) test evaluation, with 95%
+bootstrap intervals -> results.json and a printed summary.
 """
 import json
 import math
@@ -29,7 +30,16 @@ from cellvit_jax.models import dtypes
 from cellvit_jax.runs import checkpoint, metric_writers, test_predictions
 from cellvit_jax.runs import lock as workdir_lock
 from cellvit_jax.runs import record as results_lib
+from cellvit_jax.runs import sealed_test
 from cellvit_jax.runs import workdir as workdir_lib
+
+
+# The metrics.jsonl fields of an evaluation; the bootstrap intervals of a final one too.
+_LOGGED = ("loss", "accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _logged(split_metrics: dict) -> dict:
+  return {k: v for k, v in split_metrics.items() if k in _LOGGED or k.endswith("_ci95")}
 
 
 def _check_finite(first_step, per_step_metrics):
@@ -86,6 +96,7 @@ def check_config(config, mesh):
   optimizer.check_optim(config.optim)
   multistep.check_steps_per_dispatch(config.train.steps_per_dispatch)
   on_device.check_config(config.dataset)
+  sealed_test.check(config)
   datasets.synthetic_spec(config.dataset)
   datasets.check_available(config.dataset.name, config.dataset.data_dir)
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -123,9 +134,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_sections = (config.optim, config.augment, config.normalize)
   train_step, eval_step = steps.make_steps(model, schedule, mesh, *step_sections)
 
-  def evaluate(state, images, labels):
+  def evaluate(state, images, labels, intervals):
+    # Bootstrap intervals only where they are reported: the final evaluation.
     return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
-                               mesh, dataset.class_names, intervals=True)
+                               mesh, dataset.class_names, intervals=intervals)
   per_dispatch = config.train.steps_per_dispatch
 
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
@@ -214,9 +226,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['accuracy']:.3f}")
       step = done
       if is_eval:
-        val = evaluate(state, val_images, val_labels)
-        writer.write(done, "val",
-                     {k: val[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+        val = evaluate(state, val_images, val_labels, intervals=done == total)
+        writer.write(done, "val", _logged(val))
         logging.info("epoch %.1f step %d/%d: train loss %.4f acc %.4f | val acc %.4f bal-acc %.4f "
                      "F1 %.4f | %.0f images/s", done / steps_per_epoch, done, total,
                      last_train["loss"], last_train["accuracy"], val["accuracy"],
@@ -238,32 +249,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Stopped at step %d of %d; rerun the same command to continue.", end, total)
     return {"workdir": workdir, "step": end, "total_steps": total, "finished": False}
 
-  # Test split, final state.
-  test_split = config.dataset.test_split
-  test_images, test_labels = pipeline.load_arrays(dataset.source(test_split),
-                                                  range(len(dataset.labels(test_split))))
-  test_preds, test_loss = evaluation.predict(eval_step, state, test_images, test_labels,
-                                             config.train.eval_batch_size, mesh)
-  test = evaluation.score(test_labels, test_preds, test_loss, dataset.class_names, intervals=True)
   if val is None:  # resumed at the last step: no evaluation ran in this invocation
-    val = evaluate(state, val_images, val_labels)
-  writer.write(total, "test",
-               {k: test[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")})
+    val = evaluate(state, val_images, val_labels, intervals=True)
+  # Test split, final state: only a run that asks for it (a screening run never loads it).
+  test = None
+  if config.evaluate_test:
+    test_split = config.dataset.test_split
+    test_images, test_labels = pipeline.load_arrays(dataset.source(test_split),
+                                                    range(len(dataset.labels(test_split))))
+    test_preds, test_loss = evaluation.predict(eval_step, state, test_images, test_labels,
+                                               config.train.eval_batch_size, mesh)
+    test = evaluation.score(test_labels, test_preds, test_loss, dataset.class_names,
+                            intervals=True)
+    writer.write(total, "test", _logged(test))
   writer.close()
   ckpt.close()
   images_per_sec = timed_steps * config.train.batch_size / timed_seconds if timed_seconds else None
   results = results_lib.results_record(
       config.to_dict(), dataset, counts, mesh, test, val, workdir, step=total,
       num_params=num_params, steps=total, train_images_per_sec=images_per_sec,
-      compute_dtype=config.model.dtype,
+      compute_dtype=config.model.dtype, **sealed_test.read_fields(test is not None),
       train_data_on_device=held_on_device, steps_per_dispatch=config.train.steps_per_dispatch,
       # From entry (data, state, compilation) to the first dispatched step, and that call
       # alone; None when this invocation trained no step.
       time_to_first_step_seconds=first_dispatch and round(first_dispatch[0], 3),
       first_dispatch_seconds=first_dispatch and round(first_dispatch[1], 3))
   if is_main:
-    test_predictions.save(workdir, dataset.name, test_split, test_labels, test_preds,
-                          dataset.class_names)
+    if test is not None:
+      test_predictions.save(workdir, dataset.name, test_split, test_labels, test_preds,
+                            dataset.class_names)
     atomic_files.write_json(workdir, "results.json", results)
   return results
 

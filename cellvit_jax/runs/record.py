@@ -12,8 +12,9 @@ def results_record(config_dict: dict, dataset, counts, mesh, test: dict, val: di
                    workdir: str, **fields) -> dict:
   """The results.json every finished run writes (train, finetune, probe): the keys that the
   study, the report and results_table read, plus the mode's own `fields`. `config_dict` is
-  the run's config as config.json holds it."""
-  return {
+  the run's config as config.json holds it. `test` is None for a screening run (its test
+  split sealed: runs/sealed_test.py), and the record then has no "test" key."""
+  record = {
       "finished": True,
       "model": fields.pop("model", config_dict["model"]["name"]),
       "dataset": dataset.name,
@@ -29,6 +30,9 @@ def results_record(config_dict: dict, dataset, counts, mesh, test: dict, val: di
       "workdir": workdir,
       "config": config_dict,
   }
+  if test is None:
+    del record["test"]
+  return record
 
 
 def _with_ci(split: dict, metric: str) -> str:
@@ -37,15 +41,18 @@ def _with_ci(split: dict, metric: str) -> str:
 
 
 def summary_table(results: dict) -> str:
-  test = results["test"]
+  """The printed summary: test metrics of a run that read test, val metrics of a screening
+  run (which has none of test to print)."""
+  split = "test" if "test" in results else "val"
+  scores = results[split]
   ips = results.get("train_images_per_sec")
   rows = [
       ("model", results["model"]),
       ("dataset", f"{results['dataset']} (FlagLimit {results['flaglimit']}, "
                   f"{results['train_examples']} training patches)"),
-      ("test accuracy", _with_ci(test, "accuracy")),
-      ("test balanced accuracy", _with_ci(test, "balanced_accuracy")),
-      ("test macro-F1", _with_ci(test, "macro_f1")),
+      (f"{split} accuracy", _with_ci(scores, "accuracy")),
+      (f"{split} balanced accuracy", _with_ci(scores, "balanced_accuracy")),
+      (f"{split} macro-F1", _with_ci(scores, "macro_f1")),
       ("train images/s", f"{ips:.1f}" if ips else "n/a (no timed steps in this run)"),
       ("results", os.path.join(results["workdir"], "results.json")),
   ]

@@ -30,7 +30,9 @@ ADDED_KEYS = {"augment.blur.prob": 0.0, "augment.blur.sigma_min": 0.0,
               "probe.method": "logistic", "probe.knn_k_grid": [1, 5, 10, 20, 50],
               "probe.shots": 0, "probe.episodes": 10, "probe.run": "",
               "finetune.method": "full", "finetune.lora_rank": 8, "finetune.lora_alpha": 16.0,
-              "finetune.lora_targets": "all"}
+              "finetune.lora_targets": "all",
+              # Runs from before the switch read test on every run.
+              "evaluate_test": True}
 
 # The same for one model's config.model.kwargs (a switch added to its architecture later).
 ADDED_MODEL_KWARGS = {"customvit": {"stem_full_res": True, "stem_blocks": 0,
