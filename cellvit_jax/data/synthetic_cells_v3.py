@@ -61,9 +61,9 @@ def _specimen_style(rng):
   return dict(
       h=jitter(_HEMATOXYLIN), dab=jitter(_DAB), red=jitter(_RED), counter=jitter(_COUNTER),
       h_gain=rng.uniform(0.85, 1.15), chromogen_gain=rng.uniform(0.7, 1.3),
-      counter_gain=rng.uniform(0.6, 1.4), nonspecific=rng.uniform(0.0, 0.10),
-      brightness=rng.uniform(0.93, 1.03), noise=rng.uniform(0.022, 0.032),
-      blur=rng.uniform(0.5, 0.85), jpeg_step=rng.uniform(0.0, 0.06),
+      counter_gain=rng.uniform(1.0, 1.3), nonspecific=rng.uniform(0.0, 0.10),
+      brightness=rng.uniform(1.0, 1.02), noise=rng.uniform(0.02, 0.03),
+      blur=rng.uniform(0.5, 0.9), jpeg_step=rng.uniform(0.0, 0.06),
       gland_fraction=rng.uniform(0.5, 0.95), loose_fraction=rng.uniform(0.2, 0.5))
 
 
@@ -171,16 +171,16 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   stroma = 1.0 - epithelium - lumen
 
   # Counterstain: fibrillar stroma, finely granular epithelial cytoplasm, wisps of mucus.
-  counter = (stroma * (0.25 + 0.55 * _fibres(rng, n, _u(rng, 0, np.pi, (n, 1, 1))))
+  counter = (stroma * (0.25 + 0.65 * _fibres(rng, n, _u(rng, 0, np.pi, (n, 1, 1))))
              + epithelium * (0.45 + 0.25 * _smooth(rng, n, (0.3, 0.9)))
              + lumen * 0.12 * _smooth(rng, n))
   # Tissue density: most crops are packed tissue, some loose or at a tissue edge (cells
   # on a near-white ground), as in the reference image.
   loose = rng.random(n) < style["loose_fraction"]
-  density = np.where(loose, _u(rng, 0.05, 0.35, n), _u(rng, 0.9, 1.8, n))[:, None, None]
+  density = np.where(loose, _u(rng, 0.08, 0.32, n), _u(rng, 0.95, 2.45, n))[:, None, None]
   density = density * (0.7 + 0.6 * _smooth(rng, n, (0.05, 0.2)))
   counter *= density * f32(style["counter_gain"])
-  h = (0.24 + 0.1 * _smooth(rng, n)) * (stroma + 0.8 * epithelium + 0.1 * lumen) * density ** 0.5
+  h = (0.24 + 0.3 * _smooth(rng, n)) * (stroma + 0.8 * epithelium + 0.1 * lumen) * density ** 0.5
   nonspecific = _smooth(rng, n) * f32(style["nonspecific"]) * (1 - lumen)
   dab = _u(rng, 0, 1, (n, 1, 1)) * nonspecific
   red = _u(rng, 0, 1, (n, 1, 1)) * nonspecific[:, ::-1]
@@ -195,7 +195,7 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   ecx = gcx[:, None] + rn * np.cos(ang) + _u(rng, -1.0, 1.0, (n, ke))
   enuc = _ellipses(ecy, ecx, _u(rng, _px(4), _px(6), (n, ke)), _u(rng, _px(1.8), _px(2.6), (n, ke)),
                    ang + _u(rng, -0.25, 0.25, (n, ke)))
-  present = (has_gland[:, None] & (rng.random((n, ke)) < 0.9)) * _u(rng, 0.5, 0.8, (n, ke))
+  present = (has_gland[:, None] & (rng.random((n, ke)) < 0.9)) * _u(rng, 0.4, 0.65, (n, ke))
   h += np.einsum("nk,nkyx->nyx", present.astype(f32), enuc)
 
   # Stromal spindle nuclei, only where stroma is.
@@ -206,7 +206,7 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   at = lambda field, y, x: field[np.arange(n)[:, None], np.clip(y, 0, 39).astype(int),
                                  np.clip(x, 0, 39).astype(int)]
   s_at = at(stroma, scy, scx)
-  h += np.einsum("nk,nkyx->nyx", (s_at > 0.5) * _u(rng, 0.5, 0.9, (n, ks)), snuc)
+  h += np.einsum("nk,nkyx->nyx", (s_at > 0.5) * _u(rng, 0.4, 0.72, (n, ks)), snuc)
 
   # Plasma cells: basophilic cytoplasm around an eccentric, dense nucleus (stroma only).
   kp = 2
@@ -219,7 +219,7 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   off = _px(2.0)
   pnuc = _ellipses(pcy + off * np.sin(pang), pcx + off * np.cos(pang),
                    _u(rng, _px(2.6), _px(3.2), (n, kp)), _u(rng, _px(2.4), _px(3.0), (n, kp)), pang)
-  h += np.einsum("nk,nkyx->nyx", p_on * 0.12, pcyto) + np.einsum("nk,nkyx->nyx", p_on * 0.85, pnuc)
+  h += np.einsum("nk,nkyx->nyx", p_on * 0.1, pcyto) + np.einsum("nk,nkyx->nyx", p_on * 0.85, pnuc)
   counter += np.einsum("nk,nkyx->nyx", p_on * 0.2, pcyto)
 
   # Neighbouring lymphocytes (random phenotypes), some touching the centre cell.
@@ -233,7 +233,7 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   l_on = (rng.random((n, kl)) < 0.7).astype(f32)
   lnuc = _ellipses(lcy, lcx, lr, lr * _u(rng, 0.8, 1.0, (n, kl)), _u(rng, 0, np.pi, (n, kl)),
                    edge=1.0)
-  h += np.einsum("nk,nkyx->nyx", l_on * _u(rng, 0.5, 0.85, (n, kl)), lnuc)
+  h += np.einsum("nk,nkyx->nyx", l_on * _u(rng, 0.4, 0.69, (n, kl)), lnuc)
   nb_pheno = _phenotypes(rng.integers(0, 4, (n, kl))) & (l_on[..., None] > 0)
   nd, nr = _membranes(rng, n, kl, lcy, lcx, lr + _px(0.9), nb_pheno, style, False,
                       nonspecific_fraction)
@@ -251,18 +251,18 @@ def render(rng, labels, style, nonspecific_fraction=0.5):
   cd, crd = _membranes(rng, n, 1, cy[:, None], cx[:, None], cell_r[:, None], pheno[:, None],
                        style, True, nonspecific_fraction)
   keep = 1.0 - 0.7 * cmask
-  h = h * keep + cnuc * _u(rng, 0.65, 1.0, (n, 1, 1)) + cmask * 0.04
+  h = h * keep + cnuc * _u(rng, 0.53, 0.81, (n, 1, 1)) + cmask * 0.04
   dab = dab * keep + cd
   red = red * keep + crd
   counter = counter * keep + cmask * 0.1
 
   # Chromatin texture on all nuclei, stain gains.
-  texture = 1.0 + 0.22 * rng.standard_normal((n, SIZE, SIZE), dtype=f32)
+  texture = 1.0 + 0.25 * rng.standard_normal((n, SIZE, SIZE), dtype=f32)
   h = h * texture * f32(style["h_gain"])
   stains = np.stack([style["h"], style["dab"], style["red"], style["counter"]]).astype(f32)
   od = np.stack([0.6 * h, dab, red, 1.0 * counter], axis=-1) @ stains
-  od = od * _u(rng, 0.9, 1.1, (n, 1, 1, 1))
-  rgb = np.exp(-od) * f32(style["brightness"]) * _u(rng, 0.95, 1.04, (n, 1, 1, 1))
+  od = od * _u(rng, 0.75, 1.25, (n, 1, 1, 1))
+  rgb = np.exp(-od) * f32(style["brightness"]) * _u(rng, 0.99, 1.01, (n, 1, 1, 1))
   rgb = synthetic_cells._blur(rgb, style["blur"])
   rgb = rgb + f32(style["noise"]) * rng.standard_normal(rgb.shape, dtype=f32)
   if style["jpeg_step"] > 0.01:
