@@ -17,10 +17,12 @@ Steps (full mode; sized for <= 8 minutes on one H100/H200 with the dataset built
 - train_customvit: the README's first run (configs/customvit.py), whole: loop images/s,
   time to the first step and its parts, test accuracy;
 - train_customvit_hybrid, train_resnet18, train_densenet121: the same configs for 2 epochs
-  (64 steps): loop images/s and time to the first step;
+  (64 steps): loop images/s and time to the first step; DenseNet-121 fills a fresh
+  compilation cache, and train_densenet121_seed1_cached starts a second seed from it;
 - train_customvit_b1024: CustomViT at batch 1024 on FlagLimit 16,384 for 2 epochs (128 steps);
 - multistep: benchmarks/multistep_compile (CustomViT, k = 16 against 1: compile seconds and
-  rate of the dispatch the loop runs and of the lax.scan program);
+  rate of the dispatch the loop runs and of the lax.scan program); multistep_no_command_buffer:
+  the same with XLA:GPU's command buffers off;
 - train_step_customvit, train_step_resnet18: benchmarks/train_step at batch 1024 with the fair
   settings (TF32 as JAX's, channels_last, torch.compile) and the 8192 bf16 peak fractions.
 --smoke: a tiny synthetic dataset in DIR/data, tiny models and a few steps; checks that the
@@ -82,6 +84,7 @@ def plan(out: str, smoke: bool) -> list:
                    f"--workdir={workdir}", *_overrides(o)], limit, "train")
 
   two_epochs = {"train.epochs": 2.0, "train.eval_every_epochs": 2.0}
+  dn_cache = {"compile_cache_dir": os.path.join(out, "jax_cache_densenet121")}
   steps = [
       ("device", [py, "-c", "import json, jax; d = jax.devices(); print(json.dumps({'device': "
                   "d[0].device_kind, 'count': len(d), 'platform': d[0].platform, "
@@ -96,17 +99,28 @@ def plan(out: str, smoke: bool) -> list:
       train("train_customvit", "customvit.py", 100),
       train("train_customvit_hybrid", "customvit_hybrid.py", 60, **two_epochs),
       train("train_resnet18", "resnet18.py", 60, **two_epochs),
-      train("train_densenet121", "densenet121.py", 90, **two_epochs),
+      # Cold, filling a fresh compilation cache; then a second seed from that cache.
+      train("train_densenet121", "densenet121.py", 90, **two_epochs, **dn_cache),
+      train("train_densenet121_seed1_cached", "densenet121.py", 60, **two_epochs, **dn_cache,
+            seed=1),
       train("train_customvit_b1024", "customvit.py", 60,
             **({"train.batch_size": 64} if smoke else
                {"dataset.flaglimit": 16384, "train.batch_size": 1024, **two_epochs})),
   ]
-  ms = [py, "-m", "benchmarks.multistep_compile", "--config=configs/customvit.py",
-        f"--json={os.path.join(out, 'multistep.json')}"]
-  if smoke:
-    ms += ["--k=2", "--batch=8", "--calls=1",
-           *[f"--set={k}={v}" for k, v in SMOKE_MODELS["customvit"].items()]]
-  steps.append(("multistep", ms, 90, "multistep"))
+  def multistep(name):
+    argv = [py, "-m", "benchmarks.multistep_compile", "--config=configs/customvit.py",
+            f"--json={os.path.join(out, name + '.json')}"]
+    if smoke:
+      argv += ["--k=2", "--batch=8", "--calls=1",
+               *[f"--set={k}={v}" for k, v in SMOKE_MODELS["customvit"].items()]]
+    return argv
+
+  steps.append(("multistep", multistep("multistep"), 90, "multistep"))
+  # The same without XLA:GPU's command buffers (CUDA graphs), a suspect for the k-step
+  # program's slowness on GPU (issue 28); on CPU the flag changes nothing.
+  steps.append(("multistep_no_command_buffer",
+                ["env", "XLA_FLAGS=--xla_gpu_enable_command_buffer=",
+                 *multistep("multistep_no_command_buffer")], 90, "multistep"))
   for model in ("customvit", "resnet18"):
     ts = [py, "-m", "benchmarks.train_step", f"--model={model}",
           f"--json={os.path.join(out, f'train_step_{model}.json')}"]
@@ -152,8 +166,7 @@ def figures(kind: str, name: str, out: str, log_path: str) -> dict:
             "batch": r["config"]["train"]["batch_size"],
             "steps_per_dispatch": r.get("steps_per_dispatch"),
             "test_accuracy": r["test"]["accuracy"], "platform": r.get("platform")}
-  path = {"multistep": os.path.join(out, "multistep.json"),
-          "train_step": os.path.join(out, f"{name}.json")}.get(kind)
+  path = os.path.join(out, f"{name}.json") if kind in ("multistep", "train_step") else None
   if path and os.path.exists(path):
     with open(path) as f:
       return json.load(f)

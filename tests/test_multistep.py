@@ -275,3 +275,38 @@ def test_two_devices_resident_k3_equal_host_stream_one_per_call():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT")][0]
   assert line.startswith("RESULT True True"), line
+
+
+def test_the_program_compiled_ahead_is_the_one_run_calls(caplog):
+  """compile_ahead (from the state's shapes and the subset's, before either exists) gives the
+  executable run() then calls, with no second compilation and the same bits as jit's."""
+  import jax
+  from cellvit_jax import models, parallel
+  from cellvit_jax.data import index_stream
+  from cellvit_jax.engine import optimizer, state as state_lib, steps
+  config = tiny_config("unused")
+  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
+                       drop_path=0.1)
+  mesh = parallel.make_mesh()
+  tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
+  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
+  rng = np.random.default_rng(0)
+  images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
+  key, out = jax.random.key(1), []
+  for ahead in (False, True):
+    data = on_device.place(images, labels, mesh)
+    run = multistep.StepRunner(None, pure, mesh, 1, on_device.shapes(40, 40, mesh) if ahead
+                               else data)
+    if ahead:
+      run.compile_ahead(state_lib.build_state(model, tx, 40, mesh, abstract=True), 8, key)
+      run.hold(data)
+    state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+    stream = index_stream.IndexBatches(40, global_batch=8, seed=3)
+    with caplog.at_level("WARNING"):
+      state, m = run.run(state, stream, 3, key, 0)
+    out.append(([float(x["loss"]) for x in m], jax.tree.leaves(jax.device_get(state.params))))
+    if ahead:
+      assert run._chunk_step._cache_size() == 0  # jit never compiled it: the executable ran
+  assert "compiled ahead" not in caplog.text
+  assert out[0][0] == out[1][0]
+  assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
