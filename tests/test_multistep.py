@@ -277,19 +277,28 @@ def test_two_devices_resident_k3_equal_host_stream_one_per_call():
   assert line.startswith("RESULT True True"), line
 
 
-def test_the_program_compiled_ahead_is_the_one_run_calls(caplog):
-  """compile_ahead (from the state's shapes and the subset's, before either exists) gives the
-  executable run() then calls, with no second compilation and the same bits as jit's."""
-  import jax
+def tiny_vit_step():
+  """(model, mesh, tx, pure step, jitted step) of a small patch-token CustomViT."""
   from cellvit_jax import models, parallel
-  from cellvit_jax.data import index_stream
-  from cellvit_jax.engine import optimizer, state as state_lib, steps
+  from cellvit_jax.engine import optimizer, steps
   config = tiny_config("unused")
   model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
                        drop_path=0.1)
   mesh = parallel.make_mesh()
   tx, schedule = optimizer.make_optimizer(config.optim, model, 10, 2)
-  pure = steps.make_train_step(model, schedule, config.optim, config.augment, config.normalize)
+  sections = (config.optim, config.augment, config.normalize)
+  pure = steps.make_train_step(model, schedule, *sections)
+  jitted, _ = steps.make_steps(model, schedule, mesh, *sections)
+  return model, mesh, tx, pure, jitted
+
+
+def test_the_program_compiled_ahead_is_the_one_run_calls(caplog):
+  """compile_ahead (from the state's shapes and the subset's, before either exists) gives the
+  executable run() then calls, with no second compilation and the same bits as jit's."""
+  import jax
+  from cellvit_jax.data import index_stream
+  from cellvit_jax.engine import state as state_lib, steps
+  model, mesh, tx, pure, _ = tiny_vit_step()
   rng = np.random.default_rng(0)
   images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
   key, out = jax.random.key(1), []
