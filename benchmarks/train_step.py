@@ -30,15 +30,29 @@ asynchronously and is blocked on once at the end), the variants interleaved with
 repeat, so load changes on this shared machine hit all of them alike; the median over
 repeats is reported. Compilation and one warm-up step are outside the timing.
 
+Fair settings (printed): float32 precision is the same on both sides. JAX computes float32
+matmuls and convolutions in TF32 on GPUs that have it (default precision); whether it does
+here is measured (a float32 matmul's error against float64), and PyTorch's TF32 switches
+(cuda.matmul and cuDNN) are set to match (`--fp32_precision=match`, the default), or both are
+forced to full float32 (`--fp32_precision=highest`: jax_default_matmul_precision "highest",
+TF32 off in PyTorch). The CNN ports run channels_last (NHWC, JAX's layout); on CUDA
+torch.compile also times the bf16-autocast step.
+
 Peak: FLOPs of the compiled train step from XLA's cost analysis (experiments.cost.xla_flops)
-divided by the step time, over the FLOP/s of a 2048x2048 jnp matmul of the same dtype timed
-inside every repeat (median over repeats of the per-repeat fraction; a 4096 matmul is timed
-once for reference). Prints comparable lines:
+divided by the step time. On CPU, over the FLOP/s of a 2048x2048 jnp matmul of the same dtype
+timed inside every repeat (median over repeats of the per-repeat fraction; a 4096 matmul is
+timed once for reference). On accelerators, over the FLOP/s of an 8192x8192 bf16 matmul (the
+device's dense bf16 peak, near its data-sheet figure), timed inside every repeat, for every
+variant (the PyTorch ports have the same architecture, so the same FLOPs). Prints comparable
+lines:
   JAX/PyTorch-fp32 = R             (JAX fp32 step vs PyTorch fp32 step)
   JAX-bf16/PyTorch-bf16 = R        (JAX bf16 compute vs PyTorch bf16 autocast)
   JAX/PyTorch-compile-fp32 = R     (JAX fp32 step vs torch.compile fp32 step)
-  fraction of measured matmul peak = F   (JAX fp32)
+  JAX-bf16/PyTorch-compile-bf16 = R  (on CUDA)
+  fraction of measured matmul peak = F   (JAX fp32; CPU)
+  fraction of 8192 bf16 matmul peak: <variant> = F   (accelerators, every variant)
 """
+import json
 import os
 import time
 
@@ -121,6 +135,34 @@ def jax_variant(model_name: str, dtype: str, batch_size: int, mesh, return_compi
   return (run, flops, params, compiled) if return_compiled else (run, flops, params)
 
 
+CNN_PORTS = ("resnet18", "resnet50")  # torch_ref ports that are convolutional networks
+
+
+def jax_fp32_uses_tf32() -> bool:
+  """Whether a float32 jnp matmul at default precision computes in TF32 (10-bit mantissa):
+  its relative error against float64 is then ~1e-3 rather than ~1e-6."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(256, 256)), rng.normal(size=(256, 256))
+  got = np.asarray(jax.jit(jnp.matmul)(jnp.float32(a), jnp.float32(b)), np.float64)
+  return float(np.abs(got - a @ b).max() / np.abs(a @ b).max()) > 1e-4
+
+
+def set_fp32_precision(mode: str) -> str:
+  """Makes JAX's and PyTorch's float32 compute alike ("match": PyTorch's TF32 switches follow
+  what JAX does; "highest": both full float32); the line that says which."""
+  if mode == "highest":
+    jax.config.update("jax_default_matmul_precision", "highest")
+  tf32 = jax_fp32_uses_tf32()
+  try:
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+  except ImportError:
+    pass
+  return (f"float32 precision: {mode}; JAX's float32 matmul {'uses' if tf32 else 'does not use'}"
+          f" TF32 here, PyTorch's TF32 (matmul, cuDNN) set {'on' if tf32 else 'off'} to match")
+
+
 def torch_variant(model_name: str, bf16: bool, batch_size: int, compile: bool = False):
   import torch
   import torch.nn.functional as F
@@ -128,6 +170,8 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int, compile: bool = 
   config = load(model_name)
   device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as JAX
   model = torch_ref.build(model_name, NUM_CLASSES, **config.model.kwargs).train().to(device)
+  layout = torch.channels_last if model_name in CNN_PORTS else torch.contiguous_format
+  model = model.to(memory_format=layout)
   o = config.optim
   decay = [p for p in model.parameters() if p.ndim > 1]
   no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -146,7 +190,7 @@ def torch_variant(model_name: str, bf16: bool, batch_size: int, compile: bool = 
     x = torch.where(sel(), x.transpose(2, 3), x)
     x = torch.where(sel(), x.flip(2), x)
     x = torch.where(sel(), x.flip(3), x)
-    x = (x - mean) / std
+    x = ((x - mean) / std).contiguous(memory_format=layout)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
       logits = model(x)
     return F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
@@ -188,6 +232,10 @@ def define_flags():
   flags.DEFINE_bool("no-torch", False, "Skip the PyTorch variants.")
   flags.DEFINE_bool("no-compile", False,
                     "Skip the torch.compile variant (its compilation takes minutes on CPU).")
+  flags.DEFINE_string("json", "", "Also write images/s, ratios and peak fractions here.")
+  flags.DEFINE_enum("fp32_precision", "match", ["match", "highest"],
+                    "match: PyTorch's TF32 as JAX's float32 does on this device; highest: both "
+                    "full float32.")
   flags.DEFINE_bool("quick", False,
                     "About 2 minutes on 2 CPU cores: batch 64, 5 repeats of 1 step, no "
                     "torch.compile, no matmul references that feed no ratio; explicit flags win.")
@@ -207,6 +255,38 @@ def apply_quick(args) -> str:
           "bf16 matmul reference; ratios at this batch compare with other --quick runs only")
 
 
+RATIOS = (("JAX/PyTorch-fp32", "torch float32", "jax float32"),
+          ("JAX/PyTorch-compile-fp32", "torch compile float32", "jax float32"),
+          ("PyTorch-compile/PyTorch-eager-fp32", "torch float32", "torch compile float32"),
+          ("JAX-bf16/PyTorch-bf16", "torch bf16-autocast", "jax bfloat16"),
+          ("JAX-bf16/PyTorch-compile-bf16", "torch compile bf16-autocast", "jax bfloat16"),
+          ("JAX-bf16/JAX-fp32", "jax float32", "jax bfloat16"),
+          ("PyTorch-bf16/PyTorch-fp32", "torch float32", "torch bf16-autocast"))
+
+
+def _torch_variants(args, variants, accelerator):
+  """Adds the PyTorch variants to `variants`; the port's parameter count."""
+  import torch
+  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+        + (", channels_last" if args.model in CNN_PORTS else ""))
+  for bf16 in (False, True):
+    run, params = torch_variant(args.model, bf16, args.batch)
+    variants["torch bf16-autocast" if bf16 else "torch float32"] = run
+  if not args['no-compile'].value:
+    for bf16 in (False, True) if accelerator else (False,):
+      name = "torch compile bf16-autocast" if bf16 else "torch compile float32"
+      t0 = time.perf_counter()
+      try:
+        variants[name], _ = torch_variant(args.model, bf16, args.batch, compile=True)
+        print(f"torch.compile (inductor) {name[14:]}: compiled in "
+              f"{time.perf_counter() - t0:.0f} s")
+      except Exception as e:  # say what failed, keep the other variants
+        print(f"torch.compile {name[14:]} failed after {time.perf_counter() - t0:.0f} s: "
+              f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+  print(f"torch port: {params:,} parameters")
+
+
 def main(argv):
   del argv
   args = flags.FLAGS
@@ -214,7 +294,9 @@ def main(argv):
   print(f"load (uptime): {os.popen('uptime').read().strip()}")
   if args.quick:
     print(apply_quick(args))
+  accelerator = jax.default_backend() != "cpu"
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
+  print(set_fp32_precision(args.fp32_precision))
   mesh = parallel.make_mesh()
   dtypes = [d for d in args.dtype.split(",") if d]
   variants, flops = {}, {}
@@ -224,73 +306,76 @@ def main(argv):
     print(f"{args.model}: {params:,} parameters; XLA FLOPs per train step ({d}) = "
           f"{flops[d] / 1e9:.1f} G ({flops[d] / args.batch / 1e9:.3f} G/image)")
   if not args['no-torch'].value:
-    import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    for bf16 in (False, True):
-      run, params = torch_variant(args.model, bf16, args.batch)
-      variants["torch bf16-autocast" if bf16 else "torch float32"] = run
-    if not args['no-compile'].value:
-      t0 = time.perf_counter()
-      try:
-        variants["torch compile float32"], _ = torch_variant(args.model, False, args.batch,
-                                                             compile=True)
-        print(f"torch.compile (inductor) float32: compiled in {time.perf_counter() - t0:.0f} s")
-      except Exception as e:  # say what failed, keep the other variants
-        print(f"torch.compile failed after {time.perf_counter() - t0:.0f} s: "
-              f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
-    print(f"torch port: {params:,} parameters")
+    _torch_variants(args, variants, accelerator)
 
   # Matmul peaks are timed inside every repeat, next to the steps, so that a load change on
   # this shared machine moves the step time and the peak it is divided by together.
   peak_dtypes = {d: dtypes_lib.compute_dtype(d) for d in dtypes}
-  if not args.quick:
+  if accelerator:
+    peak_dtypes = {"bfloat16 8192": jnp.bfloat16}
+  elif not args.quick:
     for d, jd in peak_dtypes.items():
       print(f"jnp matmul {d} 4096 (reference, once): "
             f"{matmul_flops_per_sec(jd, 4096, 2) / 1e9:.0f} GFLOP/s")
   times = {k: [] for k in variants}
-  peaks = {d: [] for d in dtypes}
+  peaks = {d: [] for d in peak_dtypes}
   torch_peaks = {"float32": [], "bfloat16": []}
-  torch_peak_dtypes = [] if args['no-torch'].value else [("float32", torch.float32)]
-  if torch_peak_dtypes and not args.quick:
-    torch_peak_dtypes.append(("bfloat16", torch.bfloat16))
+  torch_peak_dtypes = []
+  if not args['no-torch'].value and not accelerator:
+    import torch
+    torch_peak_dtypes = [("float32", torch.float32)]
+    if not args.quick:
+      torch_peak_dtypes.append(("bfloat16", torch.bfloat16))
   for _ in range(args.repeats):
     for d, jd in peak_dtypes.items():
-      peaks[d].append(matmul_flops_per_sec(jd, 2048))
+      peaks[d].append(matmul_flops_per_sec(jd, 8192 if accelerator else 2048))
     for name, td in torch_peak_dtypes:
       torch_peaks[name].append(torch_matmul_flops_per_sec(td, 2048))
     for k, run in variants.items():
       times[k].append(run(args.steps))
-  for d in dtypes:
-    print(f"jnp matmul {d} 2048: median {np.median(peaks[d]) / 1e9:.0f} GFLOP/s "
-          f"[{min(peaks[d]) / 1e9:.0f}-{max(peaks[d]) / 1e9:.0f}]")
+  for d, v in peaks.items():
+    print(f"jnp matmul {d}{'' if accelerator else ' 2048'}: median {np.median(v) / 1e9:.0f} "
+          f"GFLOP/s [{min(v) / 1e9:.0f}-{max(v) / 1e9:.0f}]")
   for name, v in torch_peaks.items():
     if v:
       print(f"torch matmul {name} 2048: median {np.median(v) / 1e9:.0f} GFLOP/s "
             f"[{min(v) / 1e9:.0f}-{max(v) / 1e9:.0f}]")
   step_s = {k: float(np.median(v)) for k, v in times.items()}
+  summary = {"model": args.model, "batch": args.batch, "device": jax.devices()[0].device_kind,
+             "fp32_precision": args.fp32_precision, "tf32": jax_fp32_uses_tf32(),
+             "images_per_sec": {k: args.batch / s for k, s in step_s.items()},
+             "ratios": {}, "peak_fraction": {}}
   for k, s in step_s.items():
     spread = f"[{min(times[k]) * 1e3:.0f}-{max(times[k]) * 1e3:.0f}]"
-    print(f"{k:22s} step {s * 1e3:8.1f} ms {spread:>13s}  {args.batch / s:8.1f} img/s")
+    print(f"{k:28s} step {s * 1e3:8.1f} ms {spread:>13s}  {args.batch / s:8.1f} img/s")
   # Ratios of the medians, and in brackets the range of the per-repeat ratios (the variants of
   # one repeat ran back to back, under nearly the same load).
-  for label, num, den in (("JAX/PyTorch-fp32", "torch float32", "jax float32"),
-                          ("JAX/PyTorch-compile-fp32", "torch compile float32", "jax float32"),
-                          ("PyTorch-compile/PyTorch-eager-fp32", "torch float32",
-                           "torch compile float32"),
-                          ("JAX-bf16/PyTorch-bf16", "torch bf16-autocast", "jax bfloat16"),
-                          ("JAX-bf16/JAX-fp32", "jax float32", "jax bfloat16"),
-                          ("PyTorch-bf16/PyTorch-fp32", "torch float32", "torch bf16-autocast")):
+  for label, num, den in RATIOS:
     if num in step_s and den in step_s:
       paired = np.array(times[num]) / np.array(times[den])
+      summary["ratios"][label] = step_s[num] / step_s[den]
       print(f"{label} = {step_s[num] / step_s[den]:.2f}  (per repeat {paired.min():.2f}-"
             f"{paired.max():.2f})")
-  for d in dtypes:  # per repeat: achieved FLOP/s over that repeat's matmul FLOP/s
-    fracs = [flops[d] / t / p for t, p in zip(times[f"jax {d}"], peaks[d])]
-    label = "fraction of measured matmul peak" + ("" if d == "float32" else f" ({d})")
-    print(f"{label} = {np.median(fracs):.2f}  [{min(fracs):.2f}-{max(fracs):.2f}]  "
-          f"({flops[d] / step_s[f'jax {d}'] / 1e9:.0f} GFLOP/s achieved)")
+  if accelerator:  # every variant against the device's bf16 peak, per repeat
+    step_flops = flops.get("float32", next(iter(flops.values())))
+    peak = peaks["bfloat16 8192"]
+    for k in times:
+      fracs = [step_flops / t / p for t, p in zip(times[k], peak)]
+      summary["peak_fraction"][k] = float(np.median(fracs))
+      print(f"fraction of 8192 bf16 matmul peak: {k} = {np.median(fracs):.3f}  "
+            f"[{min(fracs):.3f}-{max(fracs):.3f}]  ({step_flops / step_s[k] / 1e12:.1f} "
+            "TFLOP/s achieved)")
+  else:
+    for d in dtypes:  # per repeat: achieved FLOP/s over that repeat's matmul FLOP/s
+      fracs = [flops[d] / t / p for t, p in zip(times[f"jax {d}"], peaks[d])]
+      summary["peak_fraction"][f"jax {d}"] = float(np.median(fracs))
+      label = "fraction of measured matmul peak" + ("" if d == "float32" else f" ({d})")
+      print(f"{label} = {np.median(fracs):.2f}  [{min(fracs):.2f}-{max(fracs):.2f}]  "
+            f"({flops[d] / step_s[f'jax {d}'] / 1e9:.0f} GFLOP/s achieved)")
   print(f"load after (uptime): {os.popen('uptime').read().strip()}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":

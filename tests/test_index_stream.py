@@ -8,7 +8,6 @@ from grain._src.python.experimental.index_shuffle.python import index_shuffle_mo
 
 from cellvit_jax.data import index_stream, on_device, pipeline
 from cellvit_jax.engine import multistep
-from conftest import step_programs
 
 
 @pytest.mark.parametrize("n,seed", [(2, 5), (10, 3), (4096, 0), (4097, 2 ** 32 - 1),
@@ -48,12 +47,9 @@ def test_chunked_resident_steps_equal_host_fed_steps_bitwise():
   step per call with the rng folded on the host."""
   import jax
 
-  from cellvit_jax import models, parallel
   from cellvit_jax.engine import steps
-  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
-                       drop_path=0.1)
-  mesh = parallel.make_mesh()
-  tx, pure, jitted = step_programs(model, mesh)
+  from test_multistep import tiny_vit_step
+  model, mesh, tx, pure, jitted = tiny_vit_step()
   rng = np.random.default_rng(0)
   images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
   key = jax.random.key(1)

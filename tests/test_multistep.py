@@ -148,10 +148,10 @@ def test_device_resident_equals_the_host_stream_bitwise(host_curve, tiny_data_di
 @pytest.mark.slow  # two more runs, one with a 4-step program to compile: ~2 minutes here
 def test_k_steps_per_dispatch_follow_one_step_per_call_closely(host_curve, tiny_data_dir,
                                                                 tmp_path):
-  """k steps per call: one program of k steps lays out and fuses the intermediate state
-  differently from k programs (on CPU also with an optimisation barrier between steps), so
-  after the first call the bits differ by rounding, which training then carries on (_RTOL).
-  The fast suite checks one k = 3 dispatch on a small model (the test below)."""
+  """k steps per dispatch through the whole loop (on CPU the single-step program k times, so
+  the bits of k = 1; on GPU/TPU one lax.scan program, which lays out and fuses the state
+  differently, so after the first call the bits may differ by rounding, _RTOL). The fast
+  suite checks one fused k = 3 dispatch on a small model (the tests below)."""
   host, host_results = host_curve
   for name, o in [("device_k4", {"dataset.on_device": "true", "train.steps_per_dispatch": 4}),
                   ("host_k5", {"dataset.on_device": "false", "train.steps_per_dispatch": 5})]:
@@ -166,10 +166,12 @@ def test_k_steps_per_dispatch_follow_one_step_per_call_closely(host_curve, tiny_
     np.testing.assert_allclose(results["test"]["loss"], host_results["test"]["loss"], rtol=1e-3)
 
 
-def dispatch_runs(model, feeds, batch):
+def dispatch_runs(model, feeds, batch, fuse=None, path="call"):
   """Three index batches of one fixed 50-image subset through multistep.StepRunner, once per
   (k, 'host' | 'device') in `feeds`, each from the same initial state: per feed the losses and
-  the final parameters and batch statistics. Also run by TWO_DEVICES on a 2-device mesh."""
+  the final parameters and batch statistics. fuse: StepRunner's (True: the k-step lax.scan
+  program, also on CPU); path: "call" (batches handed over) or "run" (resident positions from
+  the device chunk, the train loop's path). Also run by TWO_DEVICES on a 2-device mesh."""
   import jax
   from cellvit_jax.engine import steps
   from cellvit_jax import parallel
@@ -181,29 +183,62 @@ def dispatch_runs(model, feeds, batch):
   out = []
   for k, feed in feeds:
     data = on_device.place(images, labels, mesh) if feed == "device" else None
-    run = multistep.StepRunner(jitted, pure, mesh, k, data)
+    run = multistep.StepRunner(jitted, pure, mesh, k, data, fuse=fuse)
     state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
-    batches = ([{"image": images[i], "label": labels[i].astype(np.int32)} for i in index]
-               if feed == "host" else [{"index": i} for i in index])
-    state, metrics = run(state, batches, jax.random.key(1), 0)
+    if path == "run":
+      state, metrics = run.run(state, _FixedPositions(index), len(index), jax.random.key(1), 0)
+    else:
+      batches = ([{"image": images[i], "label": labels[i].astype(np.int32)} for i in index]
+                 if feed == "host" else [{"index": i} for i in index])
+      state, metrics = run(state, batches, jax.random.key(1), 0)
     out.append(([float(m["loss"]) for m in metrics],
                 jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))))
   return out
 
 
-def test_one_dispatch_of_three_steps_follows_three_single_steps():
-  """The k-step program on its own, in process (a small patch-token CustomViT, so compiling
-  it is quick): the same losses and parameters as three plain steps, up to rounding."""
+class _FixedPositions:
+  """The slice of index_stream.IndexBatches that StepRunner.run reads, over fixed batches."""
+
+  def __init__(self, index):
+    self._index, self.next_index = np.stack(index), 0
+
+  def positions(self, first, n):
+    rows = self._index[first:first + n]
+    return np.concatenate([rows, np.zeros((n - len(rows),) + rows.shape[1:], rows.dtype)])
+
+  def advance(self, n):
+    self.next_index += n
+
+
+@pytest.mark.parametrize("path", ["call", "run"])
+def test_one_fused_dispatch_of_three_steps_follows_three_single_steps(path):
+  """The k-step lax.scan program (GPU/TPU's; forced here on CPU), fed stacked batches or its
+  rows of the device chunk (a small patch-token CustomViT, so compiling it is quick): the
+  same losses and parameters as three plain steps, up to rounding."""
   from cellvit_jax import models
   model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
-                       drop_path=0.0)
+                       drop_path=0.1)
   (k1_losses, k1_leaves), (k3_losses, k3_leaves) = dispatch_runs(
-      model, [(1, "device"), (3, "device")], batch=8)
+      model, [(1, "device"), (3, "device")], batch=8, fuse=True, path=path)
   assert len(k3_losses) == 3
   assert k3_losses[0] == k1_losses[0]  # the first step starts from the same state
   np.testing.assert_allclose(k3_losses, k1_losses, rtol=1e-4)
   for a, b in zip(k3_leaves, k1_leaves):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_k_steps_on_cpu_run_the_single_step_program_bitwise():
+  """On CPU a full k-step dispatch calls the one-step program k times (no second program to
+  compile, module docstring): the bits of k = 1, through both paths."""
+  from cellvit_jax import models
+  assert not multistep.fuses("cpu") and multistep.fuses("gpu") and multistep.fuses("tpu")
+  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
+                       drop_path=0.1)
+  for path in ("call", "run"):
+    (k1_losses, k1_leaves), (k3_losses, k3_leaves) = dispatch_runs(
+        model, [(1, "device"), (3, "device")], batch=8, path=path)
+    assert k3_losses == k1_losses, path
+    assert all(np.array_equal(a, b) for a, b in zip(k3_leaves, k1_leaves)), path
 
 
 TWO_DEVICES = textwrap.dedent("""
@@ -215,7 +250,7 @@ TWO_DEVICES = textwrap.dedent("""
     from test_multistep import dispatch_runs
     assert jax.device_count() == 2
     out = dispatch_runs(models.build("resnet18", 4, width=8),
-                        [(1, "host"), (3, "device"), (1, "device")], batch=16)
+                        [(1, "host"), (3, "device"), (1, "device")], batch=16, fuse=True)
     (host_losses, host_leaves), (k3_losses, k3_leaves), (k1_losses, k1_leaves) = out
     same = host_losses == k1_losses and all(np.array_equal(a, b)
                                             for a, b in zip(host_leaves, k1_leaves))
@@ -236,3 +271,42 @@ def test_two_devices_resident_k3_equal_host_stream_one_per_call():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT")][0]
   assert line.startswith("RESULT True True"), line
+
+
+def tiny_vit_step():
+  """(model, mesh, tx, pure step, jitted step) of a small patch-token CustomViT."""
+  from cellvit_jax import models, parallel
+  model = models.build("customvit", 4, dim=16, depth=1, num_heads=2, tokenizer="patch",
+                       drop_path=0.1)
+  mesh = parallel.make_mesh()
+  tx, pure, jitted = step_programs(model, mesh)
+  return model, mesh, tx, pure, jitted
+
+
+def test_the_program_compiled_ahead_is_the_one_run_calls(caplog):
+  """compile_ahead (from the state's shapes and the subset's, before either exists) gives the
+  executable run() then calls, with no second compilation and the same bits as jit's."""
+  import jax
+  from cellvit_jax.data import index_stream
+  from cellvit_jax.engine import state as state_lib, steps
+  model, mesh, tx, pure, _ = tiny_vit_step()
+  rng = np.random.default_rng(0)
+  images, labels = rng.integers(0, 256, (40, 40, 40, 3), dtype=np.uint8), rng.integers(0, 4, 40)
+  key, out = jax.random.key(1), []
+  for ahead in (False, True):
+    data = on_device.place(images, labels, mesh)
+    run = multistep.StepRunner(None, pure, mesh, 1, on_device.shapes(40, 40, mesh) if ahead
+                               else data)
+    if ahead:
+      run.compile_ahead(state_lib.build_state(model, tx, 40, mesh, abstract=True), 8, key)
+      run.hold(data)
+    state = steps.create_state(jax.random.key(0), model, tx, 40, mesh)
+    stream = index_stream.IndexBatches(40, global_batch=8, seed=3)
+    with caplog.at_level("WARNING"):
+      state, m = run.run(state, stream, 3, key, 0)
+    out.append(([float(x["loss"]) for x in m], jax.tree.leaves(jax.device_get(state.params))))
+    if ahead:
+      assert run._chunk_step._cache_size() == 0  # jit never compiled it: the executable ran
+  assert "compiled ahead" not in caplog.text
+  assert out[0][0] == out[1][0]
+  assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))

@@ -104,9 +104,10 @@ def get_config():
   config.train.steps = 0
   config.train.examples = 0
   config.train.log_every_steps = 20
-  # Train steps per jitted call (engine/multistep.py: 1 = the plain step; k > 1 unrolled on CPU, a
-  # lax.scan elsewhere): logs, evaluation, checkpoints and SIGTERM act on call boundaries.
-  # >1 pays where the host loop, not the device, is the limit; it changes results by rounding.
+  # Train steps per dispatch (engine/multistep.py: 1 = the plain step; k > 1 one lax.scan program
+  # on GPU/TPU, the plain step k times on CPU): logs, evaluation, checkpoints and SIGTERM act
+  # on dispatch boundaries. >1 pays where the host loop, not the device, is the limit; on
+  # GPU/TPU it changes results by rounding.
   # "auto": 1 on CPU, 16 on GPU/TPU; or an integer (typed object so that both parse).
   config.train.steps_per_dispatch = config_dict.FieldReference("auto", field_type=object)
   config.train.eval_every_epochs = 5.0  # validation costs a pass over the val split

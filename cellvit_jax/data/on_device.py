@@ -51,6 +51,15 @@ def place(images: np.ndarray, labels: np.ndarray, mesh) -> dict:
   return {"image": put(np.asarray(images, np.uint8)), "label": put(np.asarray(labels, np.int32))}
 
 
+def shapes(num_examples: int, image_size: int, mesh) -> dict:
+  """What place() returns for `num_examples` patches, as shapes with its sharding: enough to
+  compile a program that reads the subset before the subset is loaded."""
+  rep = parallel.replicated(mesh)
+  return {"image": jax.ShapeDtypeStruct((num_examples, image_size, image_size, 3), jnp.uint8,
+                                        sharding=rep),
+          "label": jax.ShapeDtypeStruct((num_examples,), jnp.int32, sharding=rep)}
+
+
 def gather(resident: dict, batch: dict, mesh) -> dict:
   """Inside a jitted step: {'index'} positions -> the {'image', 'label'} batch they name, split
   over the 'data' axis like a streamed batch; a streamed batch passes through."""

@@ -59,6 +59,22 @@ def _check_finite(first_step, per_step_metrics):
 _stack_metrics = jax.jit(lambda ms: {k: jnp.stack([m[k] for m in ms]) for k in ms[0]})
 
 
+class _Phases:
+  """Seconds of each startup phase since the previous mark (the first since `t0`)."""
+
+  def __init__(self, t0):
+    self._last, self.seconds = t0, {}
+
+  def mark(self, name, wait_for=None):
+    jax.block_until_ready(wait_for)
+    now = time.perf_counter()
+    self.seconds[name] = round(now - self._last, 3)
+    self._last = now
+
+  def __str__(self):
+    return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+
 def _fetch_metrics(pending):
   host = jax.device_get(_stack_metrics(pending))
   return [{k: v[i] for k, v in host.items()} for i in range(len(pending))]
@@ -111,6 +127,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_config(config, mesh)
   workdir = workdir_lib.prepare(workdir, config.to_dict())
   is_main = jax.process_index() == 0
+  startup = _Phases(t_entry)  # where the time to the first step goes (results.json)
 
   # Data: the dataset, its FlagLimit training subset, and the evaluation splits in memory.
   dataset = datasets.open_configured(config.dataset, log=logging.info)
@@ -118,54 +135,73 @@ def train_and_evaluate(config, workdir: str) -> dict:
   datasets.refuse_unusable_classes(dataset, config.dataset.train_split)
   subset, counts = flaglimit.training_subset(dataset, config.dataset, config.seed,
                                              log=logging.info)
-  val_images, val_labels = pipeline.load_arrays(dataset.source(config.dataset.eval_split),
-                                                range(len(dataset.labels(config.dataset.eval_split))))
+  startup.mark("dataset")
 
-  # Model, optimiser and state.
+  # Model, optimiser and the train step, which compiles (in the background) while the state
+  # initialises and the data loads.
   model = models.from_config(config.model, config.get("fm"), dataset.num_classes,
                              config.get("finetune"))
   plan = state_lib.plan(model, config.optim, config.train, len(subset))
   total, steps_per_epoch, schedule = plan.total_steps, plan.steps_per_epoch, plan.schedule
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  state = state_lib.build_state(model, plan.tx, dataset.image_size, mesh, rng=init_rng,
-                                ema=config.optim.ema_decay > 0)
-  num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   step_sections = (config.optim, config.augment, config.normalize)
   train_step, eval_step = steps.make_steps(model, schedule, mesh, *step_sections)
+  pure_step = steps.make_train_step(model, schedule, *step_sections)
 
   def evaluate(state, images, labels, intervals):
     # Bootstrap intervals only where they are reported: the final evaluation.
     return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
                                mesh, dataset.class_names, intervals=intervals)
-  per_dispatch = config.train.steps_per_dispatch
 
-  # Training data: resident on the device(s) with grain streaming positions, or streamed.
+  per_dispatch = config.train.steps_per_dispatch
   train_source = dataset.source(config.dataset.train_split)
   subset_bytes = len(subset) * dataset.image_size ** 2 * 3
   held_on_device = on_device.use_on_device(config.dataset.on_device, subset_bytes,
                                      config.dataset.on_device_max_mb)
+  run_steps = multistep.StepRunner(
+      train_step, pure_step, mesh, per_dispatch,
+      on_device.shapes(len(subset), dataset.image_size, mesh) if held_on_device else None)
+  ema = config.optim.ema_decay > 0
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  will_train = (ckpt.latest_step() or 0) < total
+  if will_train and not getattr(model, "holds_frozen_base", False):  # (shapes load the base)
+    run_steps.compile_ahead(state_lib.build_state(model, plan.tx, dataset.image_size, mesh,
+                                                  abstract=True, ema=ema),
+                            config.train.batch_size, step_rng)
+  state = state_lib.build_state(model, plan.tx, dataset.image_size, mesh, rng=init_rng, ema=ema)
+  num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  startup.mark("state", state)
+  val_images, val_labels = pipeline.load_arrays(dataset.source(config.dataset.eval_split),
+                                                range(len(dataset.labels(config.dataset.eval_split))))
+  startup.mark("val_arrays")
+
+  def evaluate(state, images, labels):
+    return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
+                               mesh, dataset.class_names, intervals=True)
+
+  # Training data: resident on the device(s) with grain streaming positions, or streamed.
   resident_data = None
   if held_on_device:
     resident_data = on_device.place(*pipeline.load_arrays(train_source, subset), mesh)
+    run_steps.hold(resident_data)
     train_iter = index_stream.IndexBatches(len(subset), global_batch=config.train.batch_size,
                                            seed=config.seed)
   else:
     train_iter = iter(pipeline.train_dataset(
         train_source, subset, global_batch=config.train.batch_size, seed=config.seed,
         cache=config.dataset.cache, workers=config.dataset.workers))
+  startup.mark("train_data", resident_data)
   logging.info("Training subset (%.1f MB of uint8 images) %s; %d step(s) per dispatch.",
                subset_bytes / 2 ** 20, "held on the device(s)" if held_on_device else
                "streamed from the host", per_dispatch)
-  pure_step = steps.make_train_step(model, schedule, *step_sections)
-  run_steps = multistep.StepRunner(train_step, pure_step, mesh, per_dispatch, resident_data)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, train_iter)
     logging.info("Resumed from %s at step %d of %d.", ckpt.directory, int(state.step), total)
   else:  # a fresh run: foundation models start from their published weights
     state = steps.reset_ema(models.with_pretrained(config.get("fm"), model, state, mesh))
   start = int(state.step)
+  startup.mark("restore_or_init")
   results_path = os.path.join(workdir, "results.json")
   if start >= total and os.path.exists(results_path):
     logging.info("%s already holds a finished run (step %d); not retraining.", workdir, start)
@@ -194,6 +230,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if first_dispatch is None:
         now = time.perf_counter()
         first_dispatch = (now - t_entry, now - t_call)
+        startup.mark("first_dispatch")
+        logging.info("Time to the first step: %.1f s (%s).", first_dispatch[0], startup)
       pending.extend(m)
       bar.update(n)
       done, calls = step + n, calls + 1
@@ -273,7 +311,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # From entry (data, state, compilation) to the first dispatched step, and that call
       # alone; None when this invocation trained no step.
       time_to_first_step_seconds=first_dispatch and round(first_dispatch[0], 3),
-      first_dispatch_seconds=first_dispatch and round(first_dispatch[1], 3))
+      first_dispatch_seconds=first_dispatch and round(first_dispatch[1], 3),
+      startup_seconds=startup.seconds if first_dispatch else None)
   if is_main:
     if test is not None:
       test_predictions.save(workdir, dataset.name, test_split, test_labels, test_preds,
