@@ -216,7 +216,7 @@ TWO_DEVICES = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from cellvit_jax import models
-    from test_dispatch import dispatch_runs
+    from test_multistep import dispatch_runs
     assert jax.device_count() == 2
     out = dispatch_runs(models.build("resnet18", 4, width=8),
                         [(1, "host"), (3, "device"), (1, "device")], batch=16)
