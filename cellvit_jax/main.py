@@ -122,30 +122,39 @@ def main(argv):
     exit_with_error(" ".join(str(e).split()))
 
 
+# The image exit_with_error replaces the process with: writes argv[1] to stderr, exits 2.
+_WRITE_LINE_AND_EXIT = ("import os, sys\n"
+                        "try:\n"
+                        "  sys.stderr.buffer.write(os.fsencode(sys.argv[1])); sys.stderr.flush()\n"
+                        "finally:\n"
+                        "  os._exit(2)\n")
+
+
 def exit_with_error(message: str):
   """Bad input: one line naming the input and the fix, no traceback, and the last line the
   process writes, starting a line of its own.
 
-  A background thread (orbax's checkpoint writer) may still be reporting the same failure.
-  New Python-level writes go to /dev/null (sys.stderr replaced), and so do C-level ones (fd 2
-  pointed there); flushing the old stream takes its lock, so a write already under way on it
-  (one that looked up fd 2 before the switch, e.g. blocked on a full pipe) finishes first. The
-  line then goes to a saved copy of the old fd, after a newline while other threads live
-  (print writes its text and newline apart, and the newline may now go to /dev/null).
-  os._exit skips the interpreter shutdown where those threads would report it again (every
-  file we write is already atomic)."""
+  Other threads (orbax's checkpoint writer reporting the same failure, the runtime's C++
+  logging) may be writing to stderr. A write already inside the kernel lands after anything
+  written now, and no stream lock orders it against ours: with PYTHONUNBUFFERED, or from C,
+  there is none. So the process execs a minimal interpreter (same pid, same fds): the kernel
+  ends every other thread, their writes finished or abandoned, before the new image writes
+  the line and exits 2. The line follows a newline while other threads live (print writes
+  its text and newline apart). No interpreter shutdown, as with os._exit (every file we
+  write is already atomic)."""
   sys.stdout.flush()
-  old_stderr = sys.stderr
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  sys.stderr = open(devnull, "w", closefd=False)
-  os.dup2(devnull, 2)
   try:
-    old_stderr.flush()
-  except (OSError, ValueError):  # closed or broken: nothing of it can follow our line
+    sys.stderr.flush()
+  except (OSError, ValueError):  # closed or broken: the line below is all that can follow
     pass
   lead = "\n" if threading.active_count() > 1 else ""
-  os.write(saved, f"{lead}error: {message}\n".encode())
+  line = f"{lead}error: {message}\n"
+  if os.name == "posix" and sys.executable:
+    try:
+      os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _WRITE_LINE_AND_EXIT, line])
+    except OSError:  # no interpreter to exec: write it here, unordered against other threads
+      pass
+  os.write(2, line.encode())
   os._exit(2)
 
 

@@ -2,14 +2,17 @@
 fixtures in the published formats (the writers themselves are in tests/fixtures.py)."""
 import os
 import shutil
+import sys
 import tempfile
 
 # XLA compilation is most of a tiny test's time, and many tests (and the runs they start as
 # subprocesses, which inherit the environment) compile the same tiny programs: share them
 # through JAX's persistent compilation cache, in a fresh folder per session so nothing
 # outside it is read or written. Set before jax is imported; a caller's own setting wins.
+# Only in the pytest process: a script a test starts imports this file for its helpers, and
+# one whose test took the variable out (to test config.compile_cache_dir) must stay without.
 _XLA_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "pytest" in sys.modules:
   _XLA_CACHE = tempfile.mkdtemp(prefix="cellvit-test-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

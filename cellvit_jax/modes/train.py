@@ -176,10 +176,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 range(len(dataset.labels(config.dataset.eval_split))))
   startup.mark("val_arrays")
 
-  def evaluate(state, images, labels):
-    return evaluation.evaluate(eval_step, state, images, labels, config.train.eval_batch_size,
-                               mesh, dataset.class_names, intervals=True)
-
   # Training data: resident on the device(s) with grain streaming positions, or streamed.
   resident_data = None
   if held_on_device:
